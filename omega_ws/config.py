@@ -1,0 +1,476 @@
+"""
+One configuration object for the whole server.
+
+It is built in this order, later wins: defaults < TOML file (``--config`` or
+``OMEGA_WS_CONFIG``) < environment < command line, and validated as a whole
+before any service is built.  Every problem is reported as a L{ConfigError}
+whose message is one line naming the key, e.g.
+``server.port: 70000 is out of range (0-65535)``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import re
+import tomllib
+import types
+import typing
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+__all__ = [
+    "Config",
+    "ConfigError",
+    "ENVIRONMENT",
+    "load_config",
+    "valid_channel",
+]
+
+
+class ConfigError(ValueError):
+    """A configuration value is invalid; the message is one line naming the key."""
+
+
+@dataclass(frozen=True, slots=True)
+class ServerConfig:
+    host: str = "localhost"
+    port: int = 9886
+    tls_port: int = 9887
+    cert: str | None = None
+    key: str | None = None
+    listen: tuple[str, ...] = ()
+    max_message_size: int = 1048576
+    max_connections: int = 10000
+    allowed_origins: tuple[str, ...] = ("*",)
+    backlog: int = 1024
+    handshake_timeout: float = 5.0
+    max_handshake_size: int = 16384
+    max_connections_per_ip: int = 0
+    max_queue_size: int = 1048576
+    publish_rate: float = 0.0
+    publish_burst: int = 50
+    compression: bool = False
+    compression_window_bits: int = 11
+    testee_port: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class HeartbeatConfig:
+    ping_interval: float = 20.0
+    ping_timeout: float = 10.0
+
+
+@dataclass(frozen=True, slots=True)
+class MonitorConfig:
+    interval: float = 60.0
+    idle_timeout: float = 300.0
+
+
+@dataclass(frozen=True, slots=True)
+class ReconnectConfig:
+    max_attempts: int = 3
+    delay: float = 5.0
+    session_ttl: float = 120.0
+
+
+@dataclass(frozen=True, slots=True)
+class ChannelsConfig:
+    default: str = "broadcast"
+    history_size: int = 1000
+    history_ttl: float = 300.0
+    allow_client_publish: bool = True
+
+
+@dataclass(frozen=True, slots=True)
+class AuthConfig:
+    token_secret: str | None = None
+    token_public_key: str | None = None
+    # None means "derived": anonymous access is allowed when no token key is set.
+    allow_anonymous: bool | None = None
+
+    @property
+    def anonymous_allowed(self) -> bool:
+        if self.allow_anonymous is not None:
+            return self.allow_anonymous
+        return self.token_secret is None and self.token_public_key is None
+
+
+@dataclass(frozen=True, slots=True)
+class AdminConfig:
+    host: str = "127.0.0.1"
+    port: int = 9888
+    enabled: bool = True
+    api_key: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class BrokerConfig:
+    url: str = "memory://"
+    prefix: str = "omega-ws"
+
+
+@dataclass(frozen=True, slots=True)
+class LogConfig:
+    format: str = "text"
+    level: str = "info"
+
+
+@dataclass(frozen=True, slots=True)
+class Config:
+    """The validated configuration; build it with L{load_config} or L{Config.from_mapping}."""
+
+    server: ServerConfig = field(default_factory=ServerConfig)
+    heartbeat: HeartbeatConfig = field(default_factory=HeartbeatConfig)
+    monitor: MonitorConfig = field(default_factory=MonitorConfig)
+    reconnect: ReconnectConfig = field(default_factory=ReconnectConfig)
+    channels: ChannelsConfig = field(default_factory=ChannelsConfig)
+    auth: AuthConfig = field(default_factory=AuthConfig)
+    admin: AdminConfig = field(default_factory=AdminConfig)
+    broker: BrokerConfig = field(default_factory=BrokerConfig)
+    log: LogConfig = field(default_factory=LogConfig)
+
+    @classmethod
+    def from_mapping(cls, values: Mapping[str, Any], base_dir: Path | None = None) -> Config:
+        """
+        Defaults overlaid with C{values}, nested as in the TOML file
+        (C{{"server": {"port": 0}}}); relative paths resolve against
+        C{base_dir}.  Raises L{ConfigError}.
+        """
+        flat = _flatten(values, "the configuration")
+        if base_dir is not None:
+            flat = _resolve_paths(flat, base_dir)
+        return _build(flat)
+
+    def replace(self, **sections: Mapping[str, Any]) -> Config:
+        """A copy with some keys changed, e.g. C{config.replace(server={"port": 0})}."""
+        flat = {f"{s}.{k}": v for s, values in sections.items() for k, v in values.items()}
+        for name in flat:
+            _check_known(name, "replace()")
+        return _build({**_as_flat(self), **flat})
+
+
+_SECTIONS: dict[str, type] = {
+    "server": ServerConfig,
+    "heartbeat": HeartbeatConfig,
+    "monitor": MonitorConfig,
+    "reconnect": ReconnectConfig,
+    "channels": ChannelsConfig,
+    "auth": AuthConfig,
+    "admin": AdminConfig,
+    "broker": BrokerConfig,
+    "log": LogConfig,
+}
+
+# Environment variables: the seed's names and ours.  An empty value counts as unset.
+ENVIRONMENT: dict[str, str] = {
+    "WEBSOCKET_HOST": "server.host",
+    "WEBSOCKET_PORT": "server.port",
+    "WEBSOCKET_SSL_PORT": "server.tls_port",
+    "SSL_CERT_PATH": "server.cert",
+    "SSL_KEY_PATH": "server.key",
+    "WEBSOCKET_MESSAGE_SIZE_LIMIT": "server.max_message_size",
+    "OMEGA_WS_MAX_CONNECTIONS": "server.max_connections",
+    "WEBSOCKET_MAX_RECONNECT_ATTEMPTS": "reconnect.max_attempts",
+    "WEBSOCKET_RECONNECT_DELAY": "reconnect.delay",
+    "OMEGA_WS_TOKEN_SECRET": "auth.token_secret",
+    "OMEGA_WS_API_KEY": "admin.api_key",
+    "OMEGA_WS_BROKER": "broker.url",
+}
+CONFIG_ENV = "OMEGA_WS_CONFIG"
+
+_PATH_KEYS = ("server.cert", "server.key", "auth.token_public_key")
+_CHANNEL_RE = re.compile(r"[A-Za-z0-9_.:@-]{1,255}\Z")
+LOG_LEVELS = ("debug", "info", "warn", "error", "critical")
+
+
+def valid_channel(name: str) -> bool:
+    """Channel names are 1-255 characters of C{[A-Za-z0-9_.:@-]}."""
+    return _CHANNEL_RE.match(name) is not None
+
+
+def load_config(
+    path: str | os.PathLike[str] | None = None,
+    environ: Mapping[str, str] | None = None,
+    overrides: Mapping[str, Any] | None = None,
+) -> Config:
+    """
+    Build the configuration: defaults < TOML file < environment < C{overrides}.
+
+    @param path: the TOML file; when None, C{OMEGA_WS_CONFIG} names it, if set.
+    @param environ: the environment (C{os.environ} when None).
+    @param overrides: flat keys (C{"server.port"}) from the command line;
+        values are strings or already typed.
+    @raise ConfigError: on any invalid value, unknown key or unreadable file.
+    """
+    environ = os.environ if environ is None else environ
+    if path is None and environ.get(CONFIG_ENV):
+        path = environ[CONFIG_ENV]
+    flat: dict[str, Any] = {}
+    if path is not None:
+        flat.update(_read_toml(Path(path)))
+    for variable, key in ENVIRONMENT.items():
+        value = environ.get(variable)
+        if value:
+            flat[key] = _from_text(key, value, variable)
+    for key, value in (overrides or {}).items():
+        _check_known(key, "the command line")
+        flat[key] = _from_text(key, value, "--" + key.split(".")[1]) if isinstance(
+            value, str
+        ) else value
+    return _build(flat)
+
+
+def _read_toml(path: Path) -> dict[str, Any]:
+    try:
+        with path.open("rb") as stream:
+            document = tomllib.load(stream)
+    except OSError as e:
+        raise ConfigError(f"config file {path}: cannot read it ({e.strerror})") from None
+    except tomllib.TOMLDecodeError as e:
+        raise ConfigError(f"config file {path}: invalid TOML ({e})") from None
+    flat = _flatten(document, f"config file {path}")
+    return _resolve_paths(flat, path.resolve().parent)
+
+
+def _flatten(document: Mapping[str, Any], where: str) -> dict[str, Any]:
+    flat = {}
+    for section, values in document.items():
+        if section not in _SECTIONS:
+            raise ConfigError(f"{section}: unknown section in {where}")
+        if not isinstance(values, Mapping):
+            raise ConfigError(f"{section}: must be a table of keys in {where}")
+        for name, value in values.items():
+            key = f"{section}.{name}"
+            _check_known(key, where)
+            flat[key] = value
+    return flat
+
+
+def _resolve_paths(flat: dict[str, Any], base_dir: Path) -> dict[str, Any]:
+    resolved = dict(flat)
+    for key in _PATH_KEYS:
+        value = resolved.get(key)
+        if isinstance(value, str) and value:
+            resolved[key] = str(base_dir / Path(value).expanduser())
+    return resolved
+
+
+def _field_type(key: str) -> Any:
+    section, name = key.split(".", 1)
+    hints = typing.get_type_hints(_SECTIONS[section])
+    return hints[name]
+
+
+def _check_known(key: str, where: str) -> None:
+    section, _, name = key.partition(".")
+    if section not in _SECTIONS or name not in {
+        f.name for f in dataclasses.fields(_SECTIONS[section])
+    }:
+        raise ConfigError(f"{key}: unknown key in {where}")
+
+
+def _base_type(hint: Any) -> Any:
+    """C{int | None} -> C{int}; other hints unchanged."""
+    if isinstance(hint, types.UnionType):
+        (base,) = [a for a in typing.get_args(hint) if a is not type(None)]
+        return base
+    return hint
+
+
+def _from_text(key: str, text: str, source: str) -> Any:
+    """Parse an environment or command-line string into the key's type."""
+    base = _base_type(_field_type(key))
+    try:
+        if base is bool:
+            lowered = text.strip().lower()
+            if lowered in ("1", "true", "yes", "on"):
+                return True
+            if lowered in ("0", "false", "no", "off"):
+                return False
+            raise ValueError
+        if base is int:
+            return int(text)
+        if base is float:
+            return float(text)
+        if typing.get_origin(base) is tuple:
+            return tuple(item.strip() for item in text.split(",") if item.strip())
+    except ValueError:
+        raise ConfigError(
+            f"{key}: {text!r} (from {source}) is not a valid {_type_name(base)}"
+        ) from None
+    return text
+
+
+def _type_name(base: Any) -> str:
+    if typing.get_origin(base) is tuple:
+        return "list of strings"
+    return {bool: "boolean", int: "integer", float: "number", str: "string"}[base]
+
+
+def _coerce(key: str, value: Any) -> Any:
+    """Check a typed value (from TOML or Python) against the key's type."""
+    hint = _field_type(key)
+    base = _base_type(hint)
+    if value is None and base is not hint:
+        return None
+    ok = False
+    if base is bool:
+        ok = isinstance(value, bool)
+    elif base is int:
+        ok = isinstance(value, int) and not isinstance(value, bool)
+    elif base is float:
+        ok = isinstance(value, int | float) and not isinstance(value, bool)
+        value = float(value) if ok else value
+    elif base is str:
+        ok = isinstance(value, str | os.PathLike)
+        value = os.fspath(value) if ok else value
+    elif typing.get_origin(base) is tuple:
+        ok = isinstance(value, list | tuple) and all(isinstance(v, str) for v in value)
+        value = tuple(value) if ok else value
+    if not ok:
+        raise ConfigError(f"{key}: {value!r} is not a valid {_type_name(base)}")
+    return value
+
+
+def _as_flat(config: Config) -> dict[str, Any]:
+    return {
+        f"{section}.{f.name}": getattr(getattr(config, section), f.name)
+        for section in _SECTIONS
+        for f in dataclasses.fields(_SECTIONS[section])
+    }
+
+
+def _build(flat: Mapping[str, Any]) -> Config:
+    sections: dict[str, dict[str, Any]] = {name: {} for name in _SECTIONS}
+    for key, value in flat.items():
+        section, name = key.split(".", 1)
+        sections[section][name] = _coerce(key, value)
+    config = Config(**{name: _SECTIONS[name](**values) for name, values in sections.items()})
+    _validate(config)
+    return config
+
+
+def _validate(config: Config) -> None:
+    s = config.server
+    for key, port in (
+        ("server.port", s.port),
+        ("server.tls_port", s.tls_port),
+        ("server.testee_port", s.testee_port),
+        ("admin.port", config.admin.port),
+    ):
+        if port is not None and not 0 <= port <= 65535:
+            raise ConfigError(f"{key}: {port} is out of range (0-65535)")
+    _at_least("server.max_message_size", s.max_message_size, 1)
+    _at_least("server.max_connections", s.max_connections, 1)
+    _at_least("server.backlog", s.backlog, 1)
+    _at_least("server.max_handshake_size", s.max_handshake_size, 1024)
+    _at_least("server.max_connections_per_ip", s.max_connections_per_ip, 0)
+    _at_least("server.max_queue_size", s.max_queue_size, 1024)
+    _at_least("server.publish_rate", s.publish_rate, 0)
+    _at_least("server.publish_burst", s.publish_burst, 1)
+    _positive("server.handshake_timeout", s.handshake_timeout)
+    if not 9 <= s.compression_window_bits <= 15:
+        raise ConfigError(
+            f"server.compression_window_bits: {s.compression_window_bits} is out of range (9-15)"
+        )
+    if not s.host:
+        raise ConfigError("server.host: must not be empty")
+    if not s.allowed_origins:
+        raise ConfigError('server.allowed_origins: must not be empty (use ["*"] to allow all)')
+    _positive("heartbeat.ping_interval", config.heartbeat.ping_interval)
+    _positive("heartbeat.ping_timeout", config.heartbeat.ping_timeout)
+    _positive("monitor.interval", config.monitor.interval)
+    _positive("monitor.idle_timeout", config.monitor.idle_timeout)
+    _at_least("reconnect.max_attempts", config.reconnect.max_attempts, 0)
+    _at_least("reconnect.delay", config.reconnect.delay, 0)
+    _at_least("reconnect.session_ttl", config.reconnect.session_ttl, 0)
+    _at_least("channels.history_size", config.channels.history_size, 0)
+    _at_least("channels.history_ttl", config.channels.history_ttl, 0)
+    if not valid_channel(config.channels.default):
+        raise ConfigError(
+            f"channels.default: {config.channels.default!r} is not a valid channel name "
+            "(1-255 characters of A-Z a-z 0-9 _ . : @ -)"
+        )
+    if config.log.format not in ("text", "json"):
+        raise ConfigError(f"log.format: {config.log.format!r} is not 'text' or 'json'")
+    if config.log.level not in LOG_LEVELS:
+        raise ConfigError(
+            f"log.level: {config.log.level!r} is not one of {', '.join(LOG_LEVELS)}"
+        )
+    scheme = config.broker.url.partition("://")[0]
+    if scheme != "memory":
+        raise ConfigError(
+            f"broker.url: {config.broker.url!r} is not supported (this version has memory://)"
+        )
+    _validate_tls(s)
+    if config.auth.token_public_key is not None:
+        _readable("auth.token_public_key", config.auth.token_public_key)
+    _validate_listen(s.listen)
+
+
+def _at_least(key: str, value: float, minimum: float) -> None:
+    if value < minimum:
+        raise ConfigError(f"{key}: {value} is below the minimum ({minimum})")
+
+
+def _positive(key: str, value: float) -> None:
+    if not value > 0:
+        raise ConfigError(f"{key}: {value} must be greater than 0")
+
+
+def _readable(key: str, path: str) -> bytes:
+    try:
+        return Path(path).read_bytes()
+    except OSError as e:
+        raise ConfigError(f"{key}: cannot read {path} ({e.strerror})") from None
+
+
+def _validate_tls(s: ServerConfig) -> None:
+    if s.cert is None and s.key is None:
+        return
+    if s.cert is None or s.key is None:
+        missing, present = ("server.key", "server.cert") if s.key is None else (
+            "server.cert", "server.key")
+        raise ConfigError(f"{missing}: required when {present} is set")
+    # Imported here: only a configuration that asks for TLS needs pyOpenSSL.
+    from OpenSSL import crypto
+    from twisted.internet import ssl
+
+    cert_pem = _readable("server.cert", s.cert)
+    key_pem = _readable("server.key", s.key)
+    try:
+        certificate = ssl.Certificate.loadPEM(cert_pem)
+    except Exception as e:
+        raise ConfigError(f"server.cert: {s.cert} is not a PEM certificate ({e})") from None
+    try:
+        key = ssl.KeyPair.load(key_pem, crypto.FILETYPE_PEM)
+    except Exception as e:
+        raise ConfigError(f"server.key: {s.key} is not a PEM private key ({e})") from None
+    try:
+        ssl.PrivateCertificate.fromCertificateAndKeyPair(certificate, key).options()
+    except Exception as e:
+        raise ConfigError(
+            f"server.key: {s.key} does not match the certificate {s.cert} ({e})"
+        ) from None
+
+
+def _validate_listen(listen: tuple[str, ...]) -> None:
+    from twisted.internet import endpoints
+    from twisted.internet.testing import MemoryReactor
+
+    for description in listen:
+        try:
+            # Parsing only builds the endpoint object; nothing listens yet.
+            endpoints.serverFromString(MemoryReactor(), description)
+        except IndexError:
+            raise ConfigError(
+                f"server.listen: {description!r} names an inherited socket that is not "
+                "there (run it under systemd socket activation)"
+            ) from None
+        except Exception as e:
+            raise ConfigError(
+                f"server.listen: {description!r} is not a valid endpoint ({e})"
+            ) from None

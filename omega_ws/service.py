@@ -1,0 +1,320 @@
+"""
+Wiring: one L{OmegaService} per server, built from a validated L{Config}.
+
+It holds the broker, the hub, the client registry (in the WebSocket
+factory), the listeners, the heartbeat and monitor sweeps and the admin
+listener.  L{makeService} gives it to a Twisted application;
+L{start_server} / L{stop_server} run one from a script or a test.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from typing import Any, cast
+
+from twisted.application.service import IService, MultiService, Service
+from twisted.internet import defer, endpoints
+from twisted.internet.defer import Deferred
+from twisted.internet.interfaces import IListeningPort, IProtocolFactory, IReactorTime
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+
+from . import systemd
+from .admin import make_admin_site, publish_method
+from .broker import Publication, make_broker
+from .config import Config, load_config
+from .hub import Hub
+from .metrics import Metrics
+from .protocol import EchoFactory, OmegaServerFactory
+from .registry import Registry
+from .timers import HeartbeatService, MonitorService
+
+__all__ = ["OmegaService", "Server", "StartupError", "makeService", "start_server", "stop_server"]
+
+_log = Logger()
+
+# How long shutdown waits for clients to answer the close before dropping them.
+SHUTDOWN_GRACE = 3.0
+
+
+class StartupError(Exception):
+    """The server could not start; the message is one line saying why."""
+
+
+def _quote(value: str | int) -> str:
+    return endpoints.quoteStringArgument(str(value))
+
+
+def listener_descriptions(config: Config) -> list[tuple[str, str, str]]:
+    """(configuration key, URL scheme, endpoint string) for every WebSocket listener."""
+    s = config.server
+    host = _quote(s.host)
+    listeners = [("server.port", "ws", f"tcp:{s.port}:interface={host}:backlog={s.backlog}")]
+    if s.cert is not None and s.key is not None:
+        listeners.append(("server.tls_port", "wss", (
+            f"ssl:{s.tls_port}:interface={host}:backlog={s.backlog}"
+            f":privateKey={_quote(s.key)}:certKey={_quote(s.cert)}")))
+    listeners.extend(("server.listen", "ws", description) for description in s.listen)
+    return listeners
+
+
+class ListenerService(Service):
+    """
+    Listens on one endpoint string.  Like C{strports.service}, a bind
+    error raises from C{startService}, so start-up fails; unlike it, the
+    bound port is kept, for the real address (port 0) and for health.
+    """
+
+    def __init__(self, reactor: Any, key: str, scheme: str, description: str,
+                 factory: IProtocolFactory) -> None:
+        self.reactor = reactor
+        self.key = key
+        self.scheme = scheme
+        self.description = description
+        self.factory = factory
+        self.port: IListeningPort | None = None
+
+    def startService(self) -> None:
+        endpoint = endpoints.serverFromString(self.reactor, self.description)
+        outcome: list[Any] = []
+        endpoint.listen(self.factory).addBoth(outcome.append)
+        if not outcome or isinstance(outcome[0], Failure):
+            reason = outcome[0].getErrorMessage() if outcome else "did not listen at once"
+            raise StartupError(f"{self.key}: cannot listen on {self.description}: {reason}")
+        super().startService()
+        self.port = cast(IListeningPort, outcome[0])
+        _log.info("omega-ws listening on {url}", url=self.url)
+
+    @property
+    def url(self) -> str:
+        if self.port is None:
+            return f"{self.scheme}:// (not listening)"
+        address: Any = self.port.getHost()
+        host = getattr(address, "host", None)
+        if host is None:
+            return f"{self.scheme}+unix://{getattr(address, 'name', address)}"
+        if ":" in host:
+            host = f"[{host}]"
+        return f"{self.scheme}://{host}:{address.port}"
+
+    def stopService(self) -> Deferred[None] | None:
+        super().stopService()
+        port, self.port = self.port, None
+        if port is not None:
+            return cast(Deferred[None], defer.maybeDeferred(port.stopListening))
+        return None
+
+
+class OmegaService(MultiService):
+    """The whole server; start it, stop it, ask it for its addresses."""
+
+    def __init__(self, config: Config, reactor: Any = None) -> None:
+        super().__init__()
+        if reactor is None:
+            from twisted.internet import reactor as default_reactor
+            reactor = default_reactor
+        self.config = config
+        self.reactor = reactor
+        clock = cast(IReactorTime, reactor)
+        self.broker = make_broker(config.broker.url)
+        self.metrics = Metrics(lambda: self.registry.counts(), lambda: self.broker.healthy)
+        self.registry = Registry(on_transition=self.metrics.on_transition)
+        self.hub = Hub(self.broker, on_dispatch=self._count_delivery)
+        self.factory = OmegaServerFactory(config, self.hub, self.metrics, self.registry, clock)
+        self.listeners = [ListenerService(reactor, key, scheme, description, self.factory)
+                          for key, scheme, description in listener_descriptions(config)]
+        if config.server.testee_port is not None:
+            self.listeners.append(ListenerService(
+                reactor, "server.testee_port", "ws",
+                f"tcp:{config.server.testee_port}:interface={_quote(config.server.host)}",
+                EchoFactory(config)))
+        self.started_at = 0.0
+        self.admin: ListenerService | None = None
+        if config.admin.enabled:
+            site = make_admin_site(self.problems, self.metrics.render,
+                                   {"publish": publish_method(self.publish),
+                                    "info": self._api_info},
+                                   config.admin.api_key)
+            self.admin = ListenerService(
+                reactor, "admin.port", "http",
+                f"tcp:{config.admin.port}:interface={_quote(config.admin.host)}", site)
+        self.heartbeat = HeartbeatService(self.registry, clock, config.heartbeat.ping_interval,
+                                          config.heartbeat.ping_timeout)
+        self.monitor = MonitorService(self.registry, clock, config.monitor.interval,
+                                      config.monitor.idle_timeout, self.metrics.totals)
+        for child in (self.heartbeat, self.monitor):
+            child.setServiceParent(self)
+
+    def _count_delivery(self, publication: Publication, subscribers: int) -> None:
+        self.metrics.messages_delivered.inc(subscribers)
+        self.metrics.bytes_out.inc(subscribers * len(publication.data))
+
+    # -- lifecycle ------------------------------------------------------------
+
+    def startService(self) -> None:
+        """
+        Start the broker, listen everywhere, then start the sweeps.
+        @raise StartupError: a listener could not bind; nothing is left listening.
+        """
+        self.started_at = self.reactor.seconds()
+        self.broker.start()
+        started: list[ListenerService] = []
+        try:
+            for listener in [*self.listeners, *([self.admin] if self.admin else [])]:
+                listener.startService()
+                started.append(listener)
+        except StartupError:
+            for listener in started:
+                listener.stopService()
+            self.broker.stop()
+            raise
+        if not self.config.server.cert:
+            _log.warn("wss:// listener is off: no certificate configured (set server.cert "
+                      "and server.key, --cert/--key, or SSL_CERT_PATH/SSL_KEY_PATH)")
+        if self.config.admin.enabled and not self.config.admin.api_key and not _is_loopback(
+                self.config.admin.host):
+            _log.warn("admin API on {host} is open to the network without admin.api_key",
+                      host=self.config.admin.host)
+        super().startService()
+        systemd.notify("READY=1")
+
+    def stopService(self) -> Deferred[None]:
+        """Stop accepting, close every client with 1001, flush, then stop the rest."""
+        systemd.notify("STOPPING=1")
+        _log.info("omega-ws shutting down: closing {count} connections",
+                  count=len(self.factory.connections))
+        listening = [listener.stopService() for listener in self.listeners]
+        d: Deferred[Any] = defer.gatherResults([r for r in listening if r is not None])
+        d.addBoth(lambda _: self.factory.close_all(SHUTDOWN_GRACE))
+        d.addBoth(lambda _: defer.maybeDeferred(super(OmegaService, self).stopService))
+        if self.admin is not None:
+            admin = self.admin
+            d.addBoth(lambda _: admin.stopService())
+        d.addBoth(lambda _: self.broker.stop())
+        d.addBoth(lambda _: _log.info("omega-ws stopped"))
+        return d
+
+    # -- what the embedding code and the admin API use --------------------------
+
+    def problems(self) -> list[str]:
+        """Why the server is unhealthy; empty when it is healthy."""
+        problems = [f"listener {listener.description} is down"
+                    for listener in self.listeners if listener.port is None]
+        if not self.broker.healthy:
+            problems.append("broker unreachable")
+        return problems
+
+    def publish(self, channel: str, data: Any) -> Deferred[Publication]:
+        """Publish a JSON-serializable C{data} on C{channel}."""
+        payload = json.dumps(data, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
+        self.metrics.messages_published.labels("api").inc()
+        return self.hub.publish(channel, payload)
+
+    def _api_info(self, body: dict[str, Any]) -> dict[str, Any]:
+        from ._version import __version__
+        return {"nodes": [{
+            "name": "omega-ws",
+            "version": __version__,
+            "num_clients": len(self.registry),
+            "num_channels": len(self.hub.channels()),
+            "uptime": int(self.reactor.seconds() - self.started_at),
+        }]}
+
+
+def _is_loopback(host: str) -> bool:
+    return host in ("localhost", "::1") or host.startswith("127.")
+
+
+class Server:
+    """A running server, as L{start_server} gives it."""
+
+    def __init__(self, service: OmegaService) -> None:
+        self.service = service
+
+    @property
+    def config(self) -> Config:
+        return self.service.config
+
+    @property
+    def urls(self) -> list[str]:
+        """Every WebSocket listener's real address, e.g. C{ws://127.0.0.1:40123}."""
+        return [listener.url for listener in self.service.listeners]
+
+    def _port(self, listener: ListenerService | None) -> int:
+        if listener is None or listener.port is None:
+            raise LookupError("that listener is not running")
+        address: Any = listener.port.getHost()
+        return int(address.port)
+
+    @property
+    def port(self) -> int:
+        return self._port(self.service.listeners[0])
+
+    @property
+    def tls_port(self) -> int:
+        tls = [x for x in self.service.listeners if x.scheme == "wss"]
+        return self._port(tls[0] if tls else None)
+
+    @property
+    def admin_port(self) -> int:
+        return self._port(self.service.admin)
+
+    @property
+    def registry(self) -> Registry:
+        return self.service.registry
+
+    def publish(self, channel: str, data: Any) -> Deferred[Publication]:
+        return self.service.publish(channel, data)
+
+    def stop(self) -> Deferred[None]:
+        return cast(Deferred[None], defer.maybeDeferred(self.service.stopService))
+
+
+def makeService(config: Config | Mapping[str, Any] | None = None, reactor: Any = None) -> IService:
+    """
+    The whole server as one service for a Twisted application.  C{config}
+    is a L{Config}, a mapping nested as in the TOML file, or None for
+    L{load_config}() (defaults, C{OMEGA_WS_CONFIG}, environment).
+    Starting it raises L{StartupError} when a listener cannot bind.
+    """
+    return OmegaService(_as_config(config), reactor)
+
+
+def _as_config(config: Config | Mapping[str, Any] | None) -> Config:
+    if config is None:
+        return load_config()
+    if isinstance(config, Config):
+        return config
+    return Config.from_mapping(config)
+
+
+_running: list[Server] = []
+
+
+def start_server(config: Config | Mapping[str, Any] | None = None,
+                 reactor: Any = None) -> Deferred[Server]:
+    """
+    Start a server; fires with its L{Server} once every listener is bound
+    (use port 0 and read C{server.port}), or fails with L{StartupError}
+    or L{ConfigError}.
+    """
+    try:
+        service = OmegaService(_as_config(config), reactor)
+        service.startService()
+    except Exception:
+        return defer.fail()
+    server = Server(service)
+    _running.append(server)
+    return defer.succeed(server)
+
+
+def stop_server(server: Server | None = None) -> Deferred[None]:
+    """Stop C{server}, or the one L{start_server} started last."""
+    if server is None:
+        if not _running:
+            return defer.succeed(None)
+        server = _running[-1]
+    if server in _running:
+        _running.remove(server)
+    return server.stop()

@@ -1,0 +1,143 @@
+"""
+The two sweeps over the client registry: heartbeat and monitor.
+
+Each is one L{LoopingCall} for all connections, not a timer per
+connection, created in C{startService} and stopped in C{stopService}, on
+an injectable clock (L{IReactorTime}) so that tests drive them with
+L{twisted.internet.task.Clock}.  Every tick catches and logs its own
+failures, since one exception would end a LoopingCall for good.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from twisted.application.service import Service
+from twisted.internet.interfaces import IDelayedCall, IReactorTime
+from twisted.internet.task import LoopingCall
+from twisted.logger import Logger
+
+from .registry import Registry
+
+__all__ = ["HeartbeatService", "MonitorService"]
+
+_log = Logger()
+
+
+class _SweepService(Service):
+    def __init__(self, clock: IReactorTime, interval: float) -> None:
+        self.clock = clock
+        self.interval = interval
+        self._loop: LoopingCall | None = None
+
+    def startService(self) -> None:
+        super().startService()
+        self._loop = LoopingCall(self._safe_tick)
+        self._loop.clock = self.clock
+        self._loop.start(self.interval, now=False)
+
+    def stopService(self) -> None:
+        super().stopService()
+        if self._loop is not None and self._loop.running:
+            self._loop.stop()
+        self._loop = None
+
+    def _safe_tick(self) -> None:
+        try:
+            self.tick()
+        except Exception:
+            _log.failure("{sweep} tick failed", sweep=type(self).__name__)
+
+    def tick(self) -> None:
+        raise NotImplementedError
+
+
+class HeartbeatService(_SweepService):
+    """
+    Every C{interval} seconds, send each connection a heartbeat in its wire
+    format; C{timeout} seconds after a sweep, drop every connection that
+    has not answered a heartbeat sent at or before that sweep.  The check
+    is one delayed call per sweep, whatever the number of connections.
+    """
+
+    def __init__(
+        self, registry: Registry, clock: IReactorTime, interval: float, timeout: float
+    ) -> None:
+        super().__init__(clock, interval)
+        self.registry = registry
+        self.timeout = timeout
+        self._checks: set[IDelayedCall] = set()
+
+    def tick(self) -> None:
+        now = self.clock.seconds()
+        for connection in self.registry:
+            info = connection.info
+            # Only the oldest unanswered heartbeat is timed; a connection
+            # that answers any of them is alive.
+            if info.ping_sent_at is None:
+                info.ping_sent_at = now
+            connection.send_heartbeat()
+        check: IDelayedCall = self.clock.callLater(self.timeout, self._check, now)
+        self._checks.add(check)
+
+    def _check(self, sweep_time: float) -> None:
+        self._checks = {c for c in self._checks if c.active()}
+        try:
+            for connection in self.registry:
+                sent_at = connection.info.ping_sent_at
+                if sent_at is not None and sent_at <= sweep_time:
+                    connection.drop_unresponsive()
+        except Exception:
+            _log.failure("heartbeat check failed")
+
+    def stopService(self) -> None:
+        super().stopService()
+        for check in self._checks:
+            if check.active():
+                check.cancel()
+        self._checks.clear()
+
+
+class MonitorService(_SweepService):
+    """
+    Every C{interval} seconds: close connections that received nothing for
+    C{idle_timeout} seconds (1000 "Inactive client"), run the extra
+    housekeeping hooks (session expiry, ...), and log a one-line summary.
+    """
+
+    def __init__(
+        self,
+        registry: Registry,
+        clock: IReactorTime,
+        interval: float,
+        idle_timeout: float,
+        counters: Callable[[], dict[str, int]],
+        housekeeping: tuple[Callable[[float], None], ...] = (),
+    ) -> None:
+        super().__init__(clock, interval)
+        self.registry = registry
+        self.idle_timeout = idle_timeout
+        self._counters = counters
+        self._housekeeping = housekeeping
+
+    def tick(self) -> None:
+        now = self.clock.seconds()
+        idle = 0
+        for connection in self.registry:
+            if now - connection.info.last_message >= self.idle_timeout:
+                idle += 1
+                connection.close_inactive()
+        for hook in self._housekeeping:
+            hook(now)
+        states: dict[str, int] = {}
+        for (_, state), count in self.registry.counts().items():
+            states[state] = states.get(state, 0) + count
+        by_state = ", ".join(f"{state} {count}" for state, count in sorted(states.items()))
+        _log.info(
+            "monitor: {connections} connections ({by_state}); {idle} closed as inactive; "
+            "messages in {messages_in}, published {published}, delivered {delivered}",
+            connections=len(self.registry),
+            by_state=by_state or "none",
+            idle=idle,
+            **self._counters(),
+        )
