@@ -11,6 +11,7 @@ from .tap import Options, makeService
 
 
 def main(argv: list[str] | None = None) -> None:
+    """Run until SIGTERM or SIGINT; exit 0 after a clean stop, 1 or 2 on bad start."""
     options = Options()
     options.parseOptions(sys.argv[1:] if argv is None else argv)
     from twisted.internet import reactor
@@ -19,10 +20,21 @@ def main(argv: list[str] | None = None) -> None:
         [make_observer(options.config.log, sys.stdout)], redirectStandardIO=False
     )
     service = makeService(options)
-    service.startService()
-    # SIGTERM and SIGINT stop the reactor, which stops the service first.
-    reactor.addSystemEventTrigger("before", "shutdown", service.stopService)
+    exit_code: list[int | str | None] = [0]
+
+    def start() -> None:
+        # Started once the reactor runs, so SIGTERM during start-up is handled too.
+        try:
+            service.startService()
+        except SystemExit as e:  # a listener could not bind; the line is written
+            exit_code[0] = e.code
+            reactor.stop()
+            return
+        reactor.addSystemEventTrigger("before", "shutdown", service.stopService)
+
+    reactor.callWhenRunning(start)
     reactor.run()
+    sys.exit(exit_code[0])
 
 
 if __name__ == "__main__":

@@ -11,6 +11,7 @@ whose message is one line naming the key, e.g.
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 import re
 import tomllib
@@ -195,6 +196,7 @@ def load_config(
     path: str | os.PathLike[str] | None = None,
     environ: Mapping[str, str] | None = None,
     overrides: Mapping[str, Any] | None = None,
+    option_names: Mapping[str, str] | None = None,
 ) -> Config:
     """
     Build the configuration: defaults < TOML file < environment < C{overrides}.
@@ -203,6 +205,8 @@ def load_config(
     @param environ: the environment (C{os.environ} when None).
     @param overrides: flat keys (C{"server.port"}) from the command line;
         values are strings or already typed.
+    @param option_names: the command-line option each override came from
+        (C{{"admin.port": "--admin-port"}}), to name it in error messages.
     @raise ConfigError: on any invalid value, unknown key or unreadable file.
     """
     environ = os.environ if environ is None else environ
@@ -217,9 +221,8 @@ def load_config(
             flat[key] = _from_text(key, value, variable)
     for key, value in (overrides or {}).items():
         _check_known(key, "the command line")
-        flat[key] = _from_text(key, value, "--" + key.split(".")[1]) if isinstance(
-            value, str
-        ) else value
+        source = (option_names or {}).get(key, "the command line")
+        flat[key] = _from_text(key, value, source) if isinstance(value, str) else value
     return _build(flat)
 
 
@@ -294,7 +297,10 @@ def _from_text(key: str, text: str, source: str) -> Any:
         if base is int:
             return int(text)
         if base is float:
-            return float(text)
+            number = float(text)
+            if not math.isfinite(number):
+                raise ValueError
+            return number
         if typing.get_origin(base) is tuple:
             return tuple(item.strip() for item in text.split(",") if item.strip())
     except ValueError:
@@ -322,7 +328,8 @@ def _coerce(key: str, value: Any) -> Any:
     elif base is int:
         ok = isinstance(value, int) and not isinstance(value, bool)
     elif base is float:
-        ok = isinstance(value, int | float) and not isinstance(value, bool)
+        ok = isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(
+            value)
         value = float(value) if ok else value
     elif base is str:
         ok = isinstance(value, str | os.PathLike)
@@ -371,7 +378,8 @@ def _validate(config: Config) -> None:
     _at_least("server.max_queue_size", s.max_queue_size, 1024)
     _at_least("server.publish_rate", s.publish_rate, 0)
     _at_least("server.publish_burst", s.publish_burst, 1)
-    _positive("server.handshake_timeout", s.handshake_timeout)
+    # Autobahn's timers work in whole seconds; a shorter timeout would fire at once.
+    _at_least("server.handshake_timeout", s.handshake_timeout, 1)
     if not 9 <= s.compression_window_bits <= 15:
         raise ConfigError(
             f"server.compression_window_bits: {s.compression_window_bits} is out of range (9-15)"
@@ -465,7 +473,7 @@ def _validate_listen(listen: tuple[str, ...]) -> None:
         try:
             # Parsing only builds the endpoint object; nothing listens yet.
             endpoints.serverFromString(MemoryReactor(), description)
-        except IndexError:
+        except (IndexError, KeyError):
             raise ConfigError(
                 f"server.listen: {description!r} names an inherited socket that is not "
                 "there (run it under systemd socket activation)"

@@ -268,6 +268,11 @@ class Server:
         return self.service.publish(channel, data)
 
     def stop(self) -> Deferred[None]:
+        """Stop as on SIGTERM: clients get 1001 "going away"; fires when all is closed."""
+        if self in _running:
+            _running.remove(self)
+        if not self.service.running:
+            return defer.succeed(None)
         return cast(Deferred[None], defer.maybeDeferred(self.service.stopService))
 
 
@@ -315,6 +320,4 @@ def stop_server(server: Server | None = None) -> Deferred[None]:
         if not _running:
             return defer.succeed(None)
         server = _running[-1]
-    if server in _running:
-        _running.remove(server)
     return server.stop()

@@ -73,7 +73,9 @@ class Options(usage.Options):
         if self["listen"]:
             overrides["server.listen"] = tuple(self["listen"])
         try:
-            self.config = load_config(self["config"], overrides=overrides)
+            self.config = load_config(
+                self["config"], overrides=overrides,
+                option_names={key: "--" + option for option, key in _CLI_KEYS.items()})
         except ConfigError as e:
             raise usage.UsageError(str(e)) from None
 

@@ -1,0 +1,226 @@
+"""
+The server as users start it: real `twistd -n omega-ws` and `python -m
+omega_ws` processes on 127.0.0.1, driven with the `websockets` client and
+stopped with signals; bad configuration; the plugin after a real install.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from websockets.exceptions import ConnectionClosed
+from websockets.sync.client import connect
+
+from omega_ws.devcert import write_pair
+
+BIN = Path(sys.executable).parent
+REPO = Path(__file__).resolve().parent.parent
+TWISTD = [str(BIN / "twistd"), "-n", "omega-ws"]
+PYTHON_M = [sys.executable, "-m", "omega_ws"]
+LOOPBACK_ARGS = ["--host", "127.0.0.1", "--port", "0", "--admin-port", "0"]
+URL_RE = re.compile(r"omega-ws listening on ((?:ws|wss|http)://[0-9.]+:\d+)")
+
+
+def clean_env(**extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items()
+           if not k.startswith(("WEBSOCKET_", "SSL_", "OMEGA_WS_", "NOTIFY_SOCKET"))}
+    env["PYTHONPATH"] = str(REPO)
+    env.update(extra)
+    return env
+
+
+class Running:
+    """A server process whose stdout is read in the background."""
+
+    def __init__(self, args: list[str], env: dict[str, str], cwd: Path) -> None:
+        self.proc = subprocess.Popen(args, env=env, cwd=cwd, stdout=subprocess.PIPE,
+                                     stderr=subprocess.STDOUT, text=True)
+        self.lines: list[str] = []
+        self._urls: list[str] = []
+        self._ready = threading.Event()
+        self._reader = threading.Thread(target=self._read, daemon=True)
+        self._reader.start()
+
+    def _read(self) -> None:
+        assert self.proc.stdout is not None
+        for line in self.proc.stdout:
+            self.lines.append(line)
+            url = self._listening_url(line)
+            if url is not None:
+                self._urls.append(url)
+                if url.startswith("http://"):
+                    self._ready.set()
+        self._ready.set()
+
+    @staticmethod
+    def _listening_url(line: str) -> str | None:
+        if line.startswith("{"):  # --log-format json
+            event = json.loads(line)
+            if event.get("log_format") == "omega-ws listening on {url}":
+                return str(event["url"])
+            return None
+        match = URL_RE.search(line)
+        return match.group(1) if match else None
+
+    def urls(self) -> list[str]:
+        assert self._ready.wait(20), "server did not start:\n" + self.output()
+        assert self._urls, "server did not start:\n" + self.output()
+        return self._urls
+
+    def stop(self, signum: int = signal.SIGTERM) -> int:
+        self.proc.send_signal(signum)
+        code = self.proc.wait(15)
+        self._reader.join(5)
+        return code
+
+    def output(self) -> str:
+        return "".join(self.lines)
+
+
+@pytest.fixture
+def running(tmp_path: Path) -> Iterator[list[Running]]:
+    started: list[Running] = []
+    yield started
+    for process in started:
+        if process.proc.poll() is None:
+            process.proc.kill()
+            process.proc.wait(5)
+
+
+def test_twistd_serves_notifies_systemd_and_stops_on_sigterm(
+    tmp_path: Path, running: list[Running]
+) -> None:
+    notify = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    notify.bind(str(tmp_path / "notify"))
+    notify.settimeout(20)
+    server = Running(TWISTD + LOOPBACK_ARGS, clean_env(NOTIFY_SOCKET=str(tmp_path / "notify")),
+                     tmp_path)
+    running.append(server)
+    ws_url, admin_url = server.urls()
+    assert ws_url.startswith("ws://127.0.0.1:") and admin_url.startswith("http://127.0.0.1:")
+    assert notify.recv(100) == b"READY=1"
+    assert "wss:// listener is off" in server.output()
+    with connect(ws_url + "/alerts", open_timeout=5) as a, \
+            connect(ws_url + "/alerts", open_timeout=5) as b:
+        a.send('{"severity": "high"}')
+        assert b.recv(5) == '{"severity": "high"}'
+        code = server.stop(signal.SIGTERM)
+        with pytest.raises(ConnectionClosed) as closed:
+            b.recv(5)
+        assert closed.value.rcvd is not None
+        assert (closed.value.rcvd.code, closed.value.rcvd.reason) == (1001, "going away")
+    # twistd stops cleanly and then ends by the signal itself, by design.
+    assert code in (0, -signal.SIGTERM), server.output()
+    assert notify.recv(100) == b"STOPPING=1"
+    assert "Traceback" not in server.output()
+
+
+def test_python_m_with_tls_from_the_environment(tmp_path: Path, running: list[Running]) -> None:
+    cert, key = write_pair(tmp_path / "certs")
+    env = clean_env(SSL_CERT_PATH=str(cert), SSL_KEY_PATH=str(key), WEBSOCKET_SSL_PORT="0")
+    server = Running(PYTHON_M + LOOPBACK_ARGS, env, tmp_path)
+    running.append(server)
+    ws_url, wss_url, _ = server.urls()
+    assert wss_url.startswith("wss://127.0.0.1:")
+    import ssl
+
+    context = ssl.create_default_context(cafile=str(cert))
+    secure_url = wss_url.replace("127.0.0.1", "localhost") + "/tls"
+    with connect(secure_url, ssl=context, open_timeout=5) as secure, \
+            connect(ws_url + "/tls", open_timeout=5) as plain:
+        plain.send("{}")
+        assert secure.recv(5) == "{}"
+        assert server.stop(signal.SIGINT) == 0
+        with pytest.raises(ConnectionClosed):
+            secure.recv(5)
+    assert "wss:// listener is off" not in server.output()
+
+
+def test_json_log_format(tmp_path: Path, running: list[Running]) -> None:
+    server = Running(PYTHON_M + LOOPBACK_ARGS + ["--log-format", "json"], clean_env(), tmp_path)
+    running.append(server)
+    server.urls()
+    assert server.stop() == 0
+    events = [json.loads(line) for line in server.lines if line.strip()]
+    listening = [e for e in events if e.get("log_format") == "omega-ws listening on {url}"]
+    assert [e["url"].split(":")[0] for e in listening] == ["ws", "http"]
+
+
+BAD_CONFIGURATIONS = [
+    (["--port", "70000"], {}, "server.port: 70000 is out of range"),
+    (["--admin-port", "x"], {}, "admin.port: 'x'"),
+    ([], {"WEBSOCKET_PORT": "-1"}, "server.port: -1 is out of range"),
+    (["--config", "missing.toml"], {}, "config file missing.toml: cannot read it"),
+    (["--config", "unknown.toml"], {}, "server.prot: unknown key"),
+    (["--cert", "nope.pem", "--key", "nope.pem"], {}, "server.cert: cannot read"),
+    (["--listen", "bogus:1"], {}, "server.listen: 'bogus:1' is not a valid endpoint"),
+    (["--no-such-option"], {}, "option --no-such-option not recognized"),
+]
+
+
+@pytest.mark.parametrize("command", [TWISTD, PYTHON_M], ids=["twistd", "python-m"])
+@pytest.mark.parametrize(("args", "env", "message"), BAD_CONFIGURATIONS)
+def test_bad_configuration_is_one_clear_line(
+    tmp_path: Path, command: list[str], args: list[str], env: dict[str, str], message: str
+) -> None:
+    (tmp_path / "unknown.toml").write_text("[server]\nprot = 1\n")
+    result = subprocess.run(command + args, env=clean_env(**env), cwd=tmp_path,
+                            capture_output=True, text=True, timeout=30)
+    assert result.returncode != 0
+    assert "Traceback" not in result.stdout + result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    assert lines[0].startswith("omega-ws: error: ") and message in lines[0]
+
+
+@pytest.mark.parametrize("command", [TWISTD, PYTHON_M], ids=["twistd", "python-m"])
+def test_port_in_use_is_one_clear_line(tmp_path: Path, command: list[str]) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        result = subprocess.run(
+            command + ["--host", "127.0.0.1", "--port", str(port), "--admin-port", "0"],
+            env=clean_env(), cwd=tmp_path, capture_output=True, text=True, timeout=30)
+    assert result.returncode == 1
+    assert "Traceback" not in result.stdout + result.stderr
+    message = result.stderr.strip()
+    assert message.startswith("omega-ws: error: server.port: cannot listen on")
+    assert "Address already in use" in message and "\n" not in message
+
+
+def test_plugin_is_discoverable_after_a_real_install(tmp_path: Path) -> None:
+    """A non-editable install: the plugin file lands in site's twisted/plugins."""
+    target = tmp_path / "site"
+    subprocess.run(
+        [sys.executable, "-m", "pip", "install", "--quiet", "--no-deps",
+         "--no-build-isolation", "--target", str(target), str(REPO)],
+        check=True, timeout=300, capture_output=True)
+    assert (target / "twisted" / "plugins" / "omega_ws_plugin.py").exists()
+    assert not (target / "twisted" / "plugins" / "__init__.py").exists()
+    env = clean_env(PYTHONPATH=str(target))
+    probe = (
+        "from twisted.plugin import getPlugins\n"
+        "from twisted.application.service import IServiceMaker\n"
+        "import omega_ws, twisted.plugins.omega_ws_plugin as p\n"
+        "names = [m.tapname for m in getPlugins(IServiceMaker)]\n"
+        "print(names.count('omega-ws'), p.__file__, omega_ws.__file__)\n"
+    )
+    result = subprocess.run([sys.executable, "-c", probe], env=env, cwd=tmp_path,
+                            capture_output=True, text=True, timeout=60, check=True)
+    count, plugin_file, package_file = result.stdout.split()
+    assert count == "1"
+    assert plugin_file.startswith(str(target)) and package_file.startswith(str(target))
+    usage = subprocess.run([str(BIN / "twistd"), "--help"], env=env, cwd=tmp_path,
+                           capture_output=True, text=True, timeout=60)
+    assert "omega-ws" in usage.stdout
