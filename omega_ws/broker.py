@@ -14,7 +14,7 @@ import secrets
 from collections.abc import Callable
 from typing import Protocol
 
-from twisted.internet.defer import Deferred, succeed
+from twisted.internet.defer import Deferred, fail, succeed
 
 __all__ = ["Broker", "BrokerUnavailable", "MemoryBroker", "Publication", "make_broker"]
 
@@ -114,6 +114,8 @@ class MemoryBroker:
         return self._running
 
     def publish(self, channel: str, data: bytes) -> Deferred[Publication]:
+        if not self._running:
+            return fail(BrokerUnavailable("the memory broker is stopped"))
         offset = self._offsets.get(channel, 0) + 1
         self._offsets[channel] = offset
         publication = Publication(channel, offset, self._epoch, data)

@@ -21,7 +21,9 @@ class TokenBucket:
 
     def take(self, now: float) -> bool:
         """Spend one token if there is one; False means over the limit."""
-        self._tokens = min(self.burst, self._tokens + (now - self._updated) * self.rate)
+        # max(): a wall clock stepped backwards must not drain the bucket.
+        elapsed = max(0.0, now - self._updated)
+        self._tokens = min(self.burst, self._tokens + elapsed * self.rate)
         self._updated = now
         if self._tokens < 1:
             return False

@@ -10,6 +10,7 @@ failures, since one exception would end a LoopingCall for good.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 
 from twisted.application.service import Service
@@ -22,6 +23,15 @@ from .registry import Registry
 __all__ = ["HeartbeatService", "MonitorService"]
 
 _log = Logger()
+
+
+def _guarded(action: Callable[[], None], client_id: str) -> None:
+    """Run one connection's action; its failure must not cost the others theirs."""
+    try:
+        action()
+    except Exception:
+        _log.failure("{action} for {client_id} failed", action=getattr(action, "__name__", action),
+                     client_id=client_id)
 
 
 class _SweepService(Service):
@@ -76,19 +86,16 @@ class HeartbeatService(_SweepService):
             # that answers any of them is alive.
             if info.ping_sent_at is None:
                 info.ping_sent_at = now
-            connection.send_heartbeat()
+            _guarded(connection.send_heartbeat, info.client_id)
         check: IDelayedCall = self.clock.callLater(self.timeout, self._check, now)
         self._checks.add(check)
 
     def _check(self, sweep_time: float) -> None:
         self._checks = {c for c in self._checks if c.active()}
-        try:
-            for connection in self.registry:
-                sent_at = connection.info.ping_sent_at
-                if sent_at is not None and sent_at <= sweep_time:
-                    connection.drop_unresponsive()
-        except Exception:
-            _log.failure("heartbeat check failed")
+        for connection in self.registry:
+            sent_at = connection.info.ping_sent_at
+            if sent_at is not None and sent_at <= sweep_time:
+                _guarded(connection.drop_unresponsive, connection.info.client_id)
 
     def stopService(self) -> None:
         super().stopService()
@@ -126,9 +133,9 @@ class MonitorService(_SweepService):
         for connection in self.registry:
             if now - connection.info.last_message >= self.idle_timeout:
                 idle += 1
-                connection.close_inactive()
+                _guarded(connection.close_inactive, connection.info.client_id)
         for hook in self._housekeeping:
-            hook(now)
+            _guarded(functools.partial(hook, now), "housekeeping")
         states: dict[str, int] = {}
         for (_, state), count in self.registry.counts().items():
             states[state] = states.get(state, 0) + count

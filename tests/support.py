@@ -43,7 +43,7 @@ async def closed(ws: ClientConnection, timeout: float = TIMEOUT) -> tuple[int | 
 async def nothing_arrives(ws: ClientConnection, within: float = 0.3) -> bool:
     try:
         await aio(ws.recv(), within)
-    except asyncio.TimeoutError:
+    except TimeoutError:
         return True
     return False
 

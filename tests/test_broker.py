@@ -7,7 +7,13 @@ from collections.abc import Callable
 import pytest
 from twisted.internet.defer import Deferred
 
-from omega_ws.broker import MemoryBroker, Publication, make_broker
+from omega_ws.broker import BrokerUnavailable, MemoryBroker, Publication, make_broker
+
+
+def _started() -> MemoryBroker:
+    broker = MemoryBroker()
+    broker.start()
+    return broker
 
 
 def _result(d: Deferred[Publication]) -> Publication:
@@ -20,7 +26,7 @@ def _result(d: Deferred[Publication]) -> Publication:
 
 
 def test_offsets_count_from_one_per_channel() -> None:
-    broker = MemoryBroker()
+    broker = _started()
     offsets = [
         (channel, _result(broker.publish(channel, b"{}")).offset)
         for channel in ["a", "a", "b", "a", "b", "c"]
@@ -29,7 +35,7 @@ def test_offsets_count_from_one_per_channel() -> None:
 
 
 def test_publication_carries_channel_and_data_verbatim() -> None:
-    broker = MemoryBroker()
+    broker = _started()
     data = '{"k": "vé",  "n":1}'.encode()
     publication = _result(broker.publish("market.trap", data))
     assert publication.channel == "market.trap"
@@ -37,7 +43,7 @@ def test_publication_carries_channel_and_data_verbatim() -> None:
 
 
 def test_epoch_is_stable_within_a_broker() -> None:
-    broker = MemoryBroker()
+    broker = _started()
     epochs = {_result(broker.publish(channel, b"{}")).epoch for channel in ["a", "b", "a"]}
     assert len(epochs) == 1
     (epoch,) = epochs
@@ -47,7 +53,7 @@ def test_epoch_is_stable_within_a_broker() -> None:
 
 def test_epoch_is_stable_across_stop_and_start_of_one_broker() -> None:
     # Offsets survive stop/start of the same broker, so the stream is not lost.
-    broker = MemoryBroker()
+    broker = _started()
     first = _result(broker.publish("a", b"{}"))
     broker.stop()
     broker.start()
@@ -56,7 +62,7 @@ def test_epoch_is_stable_across_stop_and_start_of_one_broker() -> None:
 
 
 def test_epochs_differ_between_brokers() -> None:
-    epochs = {_result(MemoryBroker().publish("a", b"{}")).epoch for _ in range(20)}
+    epochs = {_result(_started().publish("a", b"{}")).epoch for _ in range(20)}
     assert len(epochs) == 20
 
 
@@ -75,7 +81,7 @@ def test_healthy_only_while_started() -> None:
 
 
 def test_publish_hands_each_publication_to_the_handler_before_firing() -> None:
-    broker = MemoryBroker()
+    broker = _started()
     handled: list[Publication] = []
     broker.set_handler(handled.append)
     d = broker.publish("a", b'{"x":1}')
@@ -86,11 +92,11 @@ def test_publish_hands_each_publication_to_the_handler_before_firing() -> None:
 
 
 def test_publish_without_handler_is_harmless() -> None:
-    assert _result(MemoryBroker().publish("a", b"{}")).offset == 1
+    assert _result(_started().publish("a", b"{}")).offset == 1
 
 
 def test_set_handler_replaces_the_previous_handler() -> None:
-    broker = MemoryBroker()
+    broker = _started()
     first: list[Publication] = []
     second: list[Publication] = []
     broker.set_handler(first.append)
@@ -100,7 +106,7 @@ def test_set_handler_replaces_the_previous_handler() -> None:
 
 
 def test_subscribe_and_unsubscribe_are_accepted() -> None:
-    broker = MemoryBroker()
+    broker = _started()
     broker.subscribe("a")
     broker.unsubscribe("a")
     broker.unsubscribe("never-subscribed")
@@ -158,3 +164,12 @@ def test_make_broker_memory() -> None:
 def test_make_broker_rejects_unknown_urls(url: str) -> None:
     with pytest.raises(ValueError, match="unsupported broker URL"):
         make_broker(url)
+
+
+def test_publish_fails_while_stopped() -> None:
+    broker = _started()
+    broker.stop()
+    failures: list[object] = []
+    broker.publish("a", b"{}").addErrback(failures.append)
+    [failure] = failures
+    assert failure.check(BrokerUnavailable)  # type: ignore[attr-defined]

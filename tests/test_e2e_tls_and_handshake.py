@@ -16,7 +16,7 @@ import pytest_twisted
 from omega_ws.devcert import make_self_signed
 
 from .conftest import StartServer
-from .support import aio, closed, connect, http, recv, send
+from .support import aio, connect, http, recv, send
 
 ensure_deferred = pytest_twisted.ensureDeferred
 

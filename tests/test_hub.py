@@ -247,6 +247,7 @@ def test_broker_subscribe_on_first_and_unsubscribe_on_last_subscriber() -> None:
 
 def test_hub_without_dispatch_hook_delivers() -> None:
     broker = MemoryBroker()
+    broker.start()
     hub = Hub(broker)
     a = Recorder("a")
     hub.subscribe("c", a)
