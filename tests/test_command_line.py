@@ -16,6 +16,7 @@ import sys
 import threading
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from websockets.exceptions import ConnectionClosed
@@ -42,9 +43,9 @@ def clean_env(**extra: str) -> dict[str, str]:
 class Running:
     """A server process whose stdout is read in the background."""
 
-    def __init__(self, args: list[str], env: dict[str, str], cwd: Path) -> None:
+    def __init__(self, args: list[str], env: dict[str, str], cwd: Path, **popen: Any) -> None:
         self.proc = subprocess.Popen(args, env=env, cwd=cwd, stdout=subprocess.PIPE,
-                                     stderr=subprocess.STDOUT, text=True)
+                                     stderr=subprocess.STDOUT, text=True, **popen)
         self.lines: list[str] = []
         self._urls: list[str] = []
         self._ready = threading.Event()
@@ -224,3 +225,26 @@ def test_plugin_is_discoverable_after_a_real_install(tmp_path: Path) -> None:
     usage = subprocess.run([str(BIN / "twistd"), "--help"], env=env, cwd=tmp_path,
                            capture_output=True, text=True, timeout=60)
     assert "omega-ws" in usage.stdout
+
+
+def test_socket_activation_through_an_inherited_listener(
+    tmp_path: Path, running: list[Running]
+) -> None:
+    """What systemd's socket unit does: fd 3 listening, LISTEN_PID/FDS/FDNAMES set."""
+    inherited = socket.socket()
+    inherited.bind(("127.0.0.1", 0))
+    inherited.listen()
+    port = inherited.getsockname()[1]
+    fd = inherited.fileno()
+    command = ["sh", "-c", 'LISTEN_PID=$$ exec "$@"', "sh", *PYTHON_M, *LOOPBACK_ARGS,
+               "--listen", "systemd:domain=INET:name=ws"]
+    server = Running(command, clean_env(LISTEN_FDS="1", LISTEN_FDNAMES="ws"), tmp_path,
+                     preexec_fn=lambda: os.dup2(fd, 3), pass_fds=(3,))
+    running.append(server)
+    inherited.close()
+    urls = server.urls()
+    assert f"ws://127.0.0.1:{port}" in urls
+    with connect(f"ws://127.0.0.1:{port}/activated", open_timeout=5) as ws:
+        ws.send('{"via": "systemd"}')
+        assert ws.recv(5) == '{"via": "systemd"}'
+    assert server.stop() == 0

@@ -229,3 +229,15 @@ async def test_compression_negotiated_only_when_configured(serve: StartServer) -
     # Highly compressible, small on the wire, too large once inflated.
     await send(ws, '{"k": "' + "a" * 100_000 + '"}')
     assert (await closed(ws))[0] == 1009
+
+
+@ensure_deferred
+async def test_extra_listeners_from_endpoint_strings(serve: StartServer) -> None:
+    server = await serve(server={"listen": ["tcp:0:interface=127.0.0.1"]})
+    main_url, extra_url = server.urls
+    assert main_url != extra_url and extra_url.startswith("ws://127.0.0.1:")
+    a, b = await connect(f"{main_url}/x"), await connect(f"{extra_url}/x")
+    await send(b, '{"via": "extra"}')
+    assert await recv(a) == '{"via": "extra"}'
+    await aio(a.close())
+    await aio(b.close())
