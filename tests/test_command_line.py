@@ -201,15 +201,20 @@ def test_port_in_use_is_one_clear_line(tmp_path: Path, command: list[str]) -> No
 
 
 def test_plugin_is_discoverable_after_a_real_install(tmp_path: Path) -> None:
-    """A non-editable install: the plugin file lands in site's twisted/plugins."""
+    """
+    A non-editable install, with its dependencies, into a folder of its own;
+    then Python without site-packages sees only that folder, so what twistd
+    finds is what the install put there.
+    """
     target = tmp_path / "site"
     subprocess.run(
-        [sys.executable, "-m", "pip", "install", "--quiet", "--no-deps",
+        [sys.executable, "-m", "pip", "install", "--quiet", "--disable-pip-version-check",
          "--no-build-isolation", "--target", str(target), str(REPO)],
         check=True, timeout=300, capture_output=True)
     assert (target / "twisted" / "plugins" / "omega_ws_plugin.py").exists()
-    assert not (target / "twisted" / "plugins" / "__init__.py").exists()
-    env = clean_env(PYTHONPATH=str(target))
+    assert (target / "twisted" / "plugins" / "__init__.py").exists()  # Twisted's own
+    isolated = [sys.executable, "-S"]
+    env = {"PYTHONPATH": str(target), "PATH": os.environ["PATH"]}
     probe = (
         "from twisted.plugin import getPlugins\n"
         "from twisted.application.service import IServiceMaker\n"
@@ -217,12 +222,13 @@ def test_plugin_is_discoverable_after_a_real_install(tmp_path: Path) -> None:
         "names = [m.tapname for m in getPlugins(IServiceMaker)]\n"
         "print(names.count('omega-ws'), p.__file__, omega_ws.__file__)\n"
     )
-    result = subprocess.run([sys.executable, "-c", probe], env=env, cwd=tmp_path,
+    result = subprocess.run(isolated + ["-c", probe], env=env, cwd=tmp_path,
                             capture_output=True, text=True, timeout=60, check=True)
     count, plugin_file, package_file = result.stdout.split()
     assert count == "1"
     assert plugin_file.startswith(str(target)) and package_file.startswith(str(target))
-    usage = subprocess.run([str(BIN / "twistd"), "--help"], env=env, cwd=tmp_path,
+    twistd = "from twisted.scripts.twistd import run; run()"
+    usage = subprocess.run(isolated + ["-c", twistd, "--help"], env=env, cwd=tmp_path,
                            capture_output=True, text=True, timeout=60)
     assert "omega-ws" in usage.stdout
 
