@@ -54,6 +54,7 @@ async def test_ws_and_wss_share_channels(serve: StartServer, cert_pair: tuple[Pa
     await aio(plain.close())
 
 
+@pytest.mark.filterwarnings("ignore:ssl.TLSVersion.TLSv1_1 is deprecated")
 @ensure_deferred
 async def test_wss_refuses_tls_below_1_2(serve: StartServer, cert_pair: tuple[Path, Path]) -> None:
     cert, key = cert_pair
