@@ -80,10 +80,20 @@ class _Metrics(Resource):
 ApiMethod = Callable[[dict[str, Any]], "Deferred[dict[str, Any]] | dict[str, Any]"]
 
 
+def _reject_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not JSON")
+
+
 class _Api(Resource):
     """C{POST /api/<method>}; the methods are plain callables taking the body."""
 
     isLeaf = True
+
+    def render_GET(self, request: Request) -> bytes:
+        # Also answers HEAD, which Twisted would otherwise turn into a 500.
+        request.setHeader(b"allow", b"POST")
+        return _json(request, 405, {"error": {"code": METHOD_NOT_FOUND,
+                                              "message": "use POST"}})
 
     def __init__(self, methods: dict[str, ApiMethod], api_key: str | None) -> None:
         super().__init__()
@@ -123,7 +133,7 @@ class _Api(Resource):
         if len(raw) > MAX_BODY:
             raise ApiError(413, BAD_REQUEST, "body too large")
         try:
-            body = json.loads(raw or b"{}")
+            body = json.loads(raw or b"{}", parse_constant=_reject_constant)
         except ValueError:
             raise ApiError(400, BAD_REQUEST, "bad request: body is not JSON") from None
         if not isinstance(body, dict):

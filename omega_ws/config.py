@@ -386,6 +386,8 @@ def _validate(config: Config) -> None:
         )
     if not s.host:
         raise ConfigError("server.host: must not be empty")
+    if not config.admin.host:
+        raise ConfigError("admin.host: must not be empty")
     if not s.allowed_origins:
         raise ConfigError('server.allowed_origins: must not be empty (use ["*"] to allow all)')
     _positive("heartbeat.ping_interval", config.heartbeat.ping_interval)

@@ -356,13 +356,24 @@ def apply_limits(factory: WebSocketServerFactory, config: Config) -> None:
 
         def accept(offers: list[Any]) -> PerMessageDeflateOfferAccept | None:
             for offer in offers:
-                if isinstance(offer, PerMessageDeflateOffer):
+                if not isinstance(offer, PerMessageDeflateOffer):
+                    continue
+                # Our window: ours, or lower if the client asked for less.
+                asked = offer.request_max_window_bits
+                ours = min(window_bits, asked) if asked else window_bits
+                try:
                     return PerMessageDeflateOfferAccept(
                         offer,
-                        window_bits=window_bits if offer.accept_max_window_bits else None,
+                        # Cap the client's window too: it bounds our inflate memory.
+                        request_max_window_bits=window_bits if offer.accept_max_window_bits
+                        else 0,
+                        window_bits=ours,
                         # Bounds the decompressed size too, against deflate bombs.
                         max_message_size=server.max_message_size,
                     )
+                except Exception:
+                    # An offer we cannot honour: go on without compression.
+                    _log.info("declined permessage-deflate offer {offer}", offer=offer)
             return None
 
     factory.setProtocolOptions(

@@ -174,7 +174,7 @@ class OmegaService(MultiService):
                       "and server.key, --cert/--key, or SSL_CERT_PATH/SSL_KEY_PATH)")
         if self.config.admin.enabled and not self.config.admin.api_key and not _is_loopback(
                 self.config.admin.host):
-            _log.warn("admin API on {host} is open to the network without admin.api_key",
+            _log.warn("admin API on {host!r} is open to the network without admin.api_key",
                       host=self.config.admin.host)
         super().startService()
         systemd.notify("READY=1")
@@ -206,8 +206,16 @@ class OmegaService(MultiService):
         return problems
 
     def publish(self, channel: str, data: Any) -> Deferred[Publication]:
-        """Publish a JSON-serializable C{data} on C{channel}."""
-        payload = json.dumps(data, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
+        """
+        Publish a JSON-serializable C{data} on C{channel}.
+        @raise ValueError: C{data} is not JSON (NaN, Infinity, other types).
+        """
+        try:
+            # allow_nan=False: NaN and Infinity are not JSON; raw clients must get JSON.
+            text = json.dumps(data, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+        except TypeError as e:
+            raise ValueError(f"data is not JSON-serializable: {e}") from None
+        payload = text.encode("utf-8")
         self.metrics.messages_published.labels("api").inc()
         return self.hub.publish(channel, payload)
 

@@ -118,3 +118,23 @@ async def test_admin_can_be_disabled(serve: StartServer) -> None:
     server = await serve(admin={"enabled": False})
     with pytest.raises(LookupError):
         server.admin_port  # noqa: B018
+
+
+@ensure_deferred
+async def test_nan_is_not_json_and_never_reaches_clients(serve: StartServer) -> None:
+    server = await serve()
+    status, body = await api(server.admin_port, "publish", b'{"channel": "a", "data": NaN}')
+    assert (status, body["error"]["code"]) == (400, 107)
+    with pytest.raises(ValueError, match="Out of range float values"):
+        server.publish("a", {"x": float("inf")})
+    with pytest.raises(ValueError, match="not JSON-serializable"):
+        server.publish("a", {"x": object()})
+
+
+@ensure_deferred
+async def test_get_and_head_on_the_api_are_405(serve: StartServer) -> None:
+    server = await serve()
+    for method in ("GET", "HEAD"):
+        status, headers, _ = await http(method, "127.0.0.1", server.admin_port, "/api/publish")
+        assert status == 405
+        assert headers["allow"] == "POST"

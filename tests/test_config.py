@@ -317,3 +317,8 @@ def test_systemd_listen_without_inherited_sockets(
 def test_valid_listen_strings(tmp_path: Path) -> None:
     listen = ["tcp:0:interface=127.0.0.1", f"unix:{tmp_path / 'ws.sock'}"]
     assert Config.from_mapping({"server": {"listen": listen}}).server.listen == tuple(listen)
+
+
+def test_empty_admin_host_is_refused() -> None:
+    with pytest.raises(ConfigError, match=r"^admin\.host: must not be empty$"):
+        Config.from_mapping({"admin": {"host": ""}})

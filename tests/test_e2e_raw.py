@@ -241,3 +241,19 @@ async def test_extra_listeners_from_endpoint_strings(serve: StartServer) -> None
     assert await recv(a) == '{"via": "extra"}'
     await aio(a.close())
     await aio(b.close())
+
+
+@ensure_deferred
+async def test_compression_offer_with_a_small_server_window(serve: StartServer) -> None:
+    from websockets.extensions.permessage_deflate import ClientPerMessageDeflateFactory
+
+    server = await serve(server={"compression": True, "compression_window_bits": 11})
+    offer = ClientPerMessageDeflateFactory(server_max_window_bits=10, client_max_window_bits=True)
+    ws = await connect(f"ws://127.0.0.1:{server.port}/z", compression=None, extensions=[offer])
+    assert ws.response is not None
+    extensions = ws.response.headers["Sec-WebSocket-Extensions"]
+    assert "server_max_window_bits=10" in extensions
+    assert "client_max_window_bits=11" in extensions
+    await send(ws, '{"small": "window"}')
+    assert await recv(ws) == '{"small": "window"}'
+    await aio(ws.close())
