@@ -187,3 +187,11 @@ def test_oversized_handshake_gets_431(harness: Harness) -> None:
     protocol.dataReceived(b"GET / HTTP/1.1\r\nX: " + b"y" * 20000)
     assert transport.value().startswith(b"HTTP/1.1 431")
     assert transport.disconnecting
+
+
+def test_frames_behind_a_bad_one_are_not_published(harness: Harness) -> None:
+    bad, bad_out = harness.open("/p")
+    _, reader_out = harness.open("/p")
+    bad.dataReceived(client_frame(TEXT, b"oops") + client_frame(TEXT, b'{"late": 1}'))
+    assert reader_out.value() == b""
+    assert [op for op, _ in server_frames(bad_out.value())] == [CLOSE]
