@@ -10,11 +10,17 @@ for every subscriber in this process.
 
 from __future__ import annotations
 
-import secrets
 from collections.abc import Callable
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 from twisted.internet.defer import Deferred, fail, succeed
+from twisted.internet.interfaces import IReactorTime
+
+from .history import Publication, Recovery, StreamPosition, Streams
+from .sessions import MemorySessions, SessionStore
+
+if TYPE_CHECKING:
+    from .config import Config
 
 __all__ = ["Broker", "BrokerUnavailable", "MemoryBroker", "Publication", "make_broker"]
 
@@ -23,42 +29,13 @@ class BrokerUnavailable(Exception):
     """The broker cannot take publications now; a temporary condition."""
 
 
-class Publication:
-    """
-    One message on one channel, as the broker numbered it.
-
-    C{data} is the JSON text exactly as it was published, as UTF-8 bytes;
-    it is delivered byte for byte.  Encoded forms (a WebSocket frame per
-    wire format) are computed once per publication and shared by every
-    subscriber through L{encoded}.
-    """
-
-    __slots__ = ("channel", "offset", "epoch", "data", "_encoded")
-
-    def __init__(self, channel: str, offset: int, epoch: str, data: bytes) -> None:
-        self.channel = channel
-        self.offset = offset
-        self.epoch = epoch
-        self.data = data
-        self._encoded: dict[str, object] = {}
-
-    def encoded(self, wire_format: str, encode: Callable[[Publication], object]) -> object:
-        """C{encode(self)}, computed once per C{wire_format} and then reused."""
-        try:
-            return self._encoded[wire_format]
-        except KeyError:
-            value = self._encoded[wire_format] = encode(self)
-            return value
-
-    def __repr__(self) -> str:
-        return f"<Publication {self.channel}@{self.epoch}:{self.offset} {len(self.data)} bytes>"
-
-
 PublicationHandler = Callable[[Publication], None]
 
 
 class Broker(Protocol):
     """What the hub needs of a broker."""
+
+    sessions: SessionStore
 
     def set_handler(self, handler: PublicationHandler) -> None:
         """Deliver every publication of a subscribed channel to C{handler}."""
@@ -71,8 +48,8 @@ class Broker(Protocol):
 
     def publish(self, channel: str, data: bytes) -> Deferred[Publication]:
         """
-        Number and distribute C{data} on C{channel}; fires with the
-        L{Publication}, or fails with L{BrokerUnavailable}.
+        Number, keep in history and distribute C{data} on C{channel}; fires
+        with the L{Publication}, or fails with L{BrokerUnavailable}.
         """
 
     def subscribe(self, channel: str) -> None:
@@ -81,6 +58,19 @@ class Broker(Protocol):
     def unsubscribe(self, channel: str) -> None:
         """This process has no subscriber left on C{channel}."""
 
+    def position(self, channel: str) -> Deferred[StreamPosition]:
+        """The stream's current epoch and top offset."""
+
+    def recover(self, channel: str, since: StreamPosition) -> Deferred[Recovery]:
+        """All publications after C{since}, or none (see L{Streams.recover})."""
+
+    def history(self, channel: str, since: StreamPosition | None, limit: int | None,
+                reverse: bool) -> Deferred[tuple[list[Publication], StreamPosition]]:
+        """Kept publications and the current position."""
+
+    def housekeeping(self, now: float) -> None:
+        """Expire history, streams and sessions (the monitor calls this)."""
+
     @property
     def healthy(self) -> bool:
         """Whether publications can flow now."""
@@ -88,14 +78,16 @@ class Broker(Protocol):
 
 class MemoryBroker:
     """
-    Everything in this process.  Offsets count from 1 per channel; the
-    epoch is random per broker start, since a restart loses the streams.
+    Everything in this process.  Streams live as long as the broker: a new
+    broker (a restart) starts every channel on a new epoch.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, clock: IReactorTime, history_size: int = 1000,
+                 history_ttl: float = 300.0, meta_ttl: float = 3600.0) -> None:
+        self._clock = clock
         self._handler: PublicationHandler = lambda publication: None
-        self._offsets: dict[str, int] = {}
-        self._epoch = secrets.token_hex(4)
+        self._streams = Streams(history_size, history_ttl, meta_ttl)
+        self.sessions: SessionStore = MemorySessions(clock)
         self._running = False
 
     def set_handler(self, handler: PublicationHandler) -> None:
@@ -116,9 +108,7 @@ class MemoryBroker:
     def publish(self, channel: str, data: bytes) -> Deferred[Publication]:
         if not self._running:
             return fail(BrokerUnavailable("the memory broker is stopped"))
-        offset = self._offsets.get(channel, 0) + 1
-        self._offsets[channel] = offset
-        publication = Publication(channel, offset, self._epoch, data)
+        publication = self._streams.add(channel, data, self._clock.seconds())
         self._handler(publication)
         return succeed(publication)
 
@@ -128,9 +118,29 @@ class MemoryBroker:
     def unsubscribe(self, channel: str) -> None:
         pass
 
+    def position(self, channel: str) -> Deferred[StreamPosition]:
+        return succeed(self._streams.position(channel, self._clock.seconds()))
 
-def make_broker(url: str) -> Broker:
-    """The broker for a validated C{broker.url}."""
+    def recover(self, channel: str, since: StreamPosition) -> Deferred[Recovery]:
+        return succeed(self._streams.recover(channel, since, self._clock.seconds()))
+
+    def history(self, channel: str, since: StreamPosition | None, limit: int | None,
+                reverse: bool) -> Deferred[tuple[list[Publication], StreamPosition]]:
+        now = self._clock.seconds()
+        publications = self._streams.history(channel, now, since, limit, reverse)
+        return succeed((publications, self._streams.position(channel, now)))
+
+    def housekeeping(self, now: float) -> None:
+        self._streams.expire(now)
+        self.sessions.expire(now)
+
+
+def make_broker(config: Config, clock: IReactorTime) -> Broker:
+    """The broker for a validated configuration."""
+    url = config.broker.url
     if url.startswith("memory://"):
-        return MemoryBroker()
+        channels = config.channels
+        # A stream outlives its history long enough for any held session to resume.
+        meta_ttl = max(3600.0, channels.history_ttl, config.reconnect.session_ttl) * 2
+        return MemoryBroker(clock, channels.history_size, channels.history_ttl, meta_ttl)
     raise ValueError(f"unsupported broker URL {url!r}")

@@ -17,6 +17,7 @@ from twisted.internet.defer import Deferred
 from twisted.logger import Logger
 
 from .broker import Broker, Publication
+from .registry import ClientInfo
 
 __all__ = ["Hub", "Subscriber"]
 
@@ -71,6 +72,18 @@ class Hub:
 
     def subscriber_count(self, channel: str) -> int:
         return len(self._channels.get(channel, ()))
+
+    def subscribers(self, channel: str) -> tuple[Subscriber, ...]:
+        return tuple(self._channels.get(channel, ()))
+
+    def members(self, channel: str) -> list[ClientInfo]:
+        """The clients subscribed to C{channel} here, once each (presence)."""
+        members: dict[str, ClientInfo] = {}
+        for subscriber in self._channels.get(channel, ()):
+            info = getattr(subscriber, "info", None)
+            if isinstance(info, ClientInfo):
+                members[info.client_id] = info
+        return list(members.values())
 
     def _dispatch(self, publication: Publication) -> None:
         subscribers = self._channels.get(publication.channel)

@@ -56,6 +56,9 @@ class Metrics:
         self.invalid_messages = Counter(
             "omega_ws_invalid_messages", "Connections closed for bad input, by reason",
             ["reason"], registry=r)
+        self.recovery_gaps = Counter(
+            "omega_ws_recovery_gaps", "Resumes or recoveries that history no longer covered",
+            ["transport"], registry=r)
         self.slow_consumer_drops = Counter(
             "omega_ws_slow_consumer_drops", "Connections closed for unsent output over the bound",
             registry=r)

@@ -1,38 +1,21 @@
 """
-The raw WebSocket protocol (the seed's protocol) and the factory that owns
-the client registry.
+The WebSocket layer and the factory that owns the client registry.
 
-Wire protocol, raw flavour (details and examples in C{docs/protocol-raw.md}):
-
-  - Connect to C{ws://host:port/<channel>}; C{/} is C{channels.default}.
-    Channel names are 1-255 characters of C{[A-Za-z0-9_.:@-]}; any other
-    path is refused at the handshake with HTTP 404.  No subprotocol.
-  - Query parameters: C{client_id} names the client in the registry (and,
-    once sessions land, lets it resume).
-  - Every text frame, or binary frame holding UTF-8, must be one JSON
-    object.  It is published on the connection's channel and delivered
-    byte for byte, as a text frame, to every subscriber of that channel,
-    the sender included.
-  - Bad input closes that connection only: not JSON or not an object,
-    1003 "Invalid message format"; invalid UTF-8, 1007; larger than
-    C{server.max_message_size}, 1009; publishing while
-    C{channels.allow_client_publish} is false, 1008.
-  - The server pings every C{heartbeat.ping_interval} seconds; no pong
-    within C{heartbeat.ping_timeout} and the connection is dropped.  No
-    frame for C{monitor.idle_timeout} seconds: 1000 "Inactive client".
-    Shutdown: 1001 "going away".  Replaced by a newer connection with the
-    same C{client_id}: 4000 "replaced".
-
-The protocol only parses, checks and dispatches to the hub; the factory
-sets every safety-related Autobahn option in L{apply_limits}.
+L{OmegaProtocol} is one connection: it enforces the handshake limits
+(request-head size, origins, per-address limits), keeps the connection's
+L{ClientInfo} and its registry entry, and hands frames to the L{Wire}
+chosen by the request path: C{/connection/websocket} speaks the Centrifuge
+client protocol (C{centrifuge.py}), any other path the raw protocol
+(C{raw.py}).  Every safety-related Autobahn option is set in
+L{apply_limits}.  The wire protocols are documented in C{docs/}.
 """
 
 from __future__ import annotations
 
 import json
 import re
-import uuid
-from typing import Any, cast
+from collections.abc import Callable
+from typing import Any, Protocol, cast
 
 from autobahn.twisted.websocket import WebSocketServerFactory, WebSocketServerProtocol
 from autobahn.websocket.compress import (
@@ -46,26 +29,23 @@ from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from .broker import Publication
-from .config import Config, valid_channel
+from .auth import TokenVerifier
+from .config import Config
+from .history import Publication
 from .hub import Hub
-from .limits import TokenBucket
 from .metrics import Metrics
 from .registry import ClientInfo, ConnectionState, Registry
 
-__all__ = ["OmegaServerFactory", "RawProtocol"]
+__all__ = ["OmegaProtocol", "OmegaServerFactory", "Wire", "parse_json_object"]
 
 _log = Logger()
 
 CLOSE_HANDSHAKE_TIMEOUT = 2.0
-_CLIENT_ID_RE = re.compile(r"[A-Za-z0-9_.:@-]{1,128}\Z")
-
-# Close codes of the raw protocol.
-NORMAL, GOING_AWAY, UNSUPPORTED_DATA, INVALID_PAYLOAD, POLICY_VIOLATION = (
-    1000, 1001, 1003, 1007, 1008)
-REPLACED = 4000
-_HTTP_REASONS = {400: "bad_request", 403: "origin", 404: "path", 426: "not_websocket",
+_HTTP_REASONS = {400: "bad_request", 401: "unauthorized", 403: "forbidden", 404: "path",
+                 426: "not_websocket", 429: "reconnecting_too_often",
                  431: "header_too_large", 500: "internal", 503: "capacity"}
+# rpc handler: (client info, method, data) -> result data, or a Deferred of it.
+RpcHandler = Callable[[ClientInfo, Any], Any]
 
 
 def _reject_constant(name: str) -> Any:
@@ -87,24 +67,59 @@ def _origin_pattern(patterns: tuple[str, ...]) -> re.Pattern[str]:
     )
 
 
-class RawProtocol(WebSocketServerProtocol):
-    """One raw-protocol connection; owns its L{ClientInfo} (its state)."""
+class Wire(Protocol):
+    """
+    One wire format spoken over an open WebSocket (raw, Centrifuge): it
+    turns frames into hub calls and publications into frames.
+    """
+
+    transport_name: str
+
+    def on_connect(self, request: ConnectionRequest) -> Deferred[None] | None:
+        """Check the handshake; raise ConnectionDeny to refuse it."""
+
+    def on_open(self) -> None: ...
+
+    def on_message(self, payload: bytes, is_binary: bool) -> None: ...
+
+    def on_pong(self) -> None: ...
+
+    def on_close(self, was_clean: bool, close_code: int) -> None: ...
+
+    def send_heartbeat(self) -> None: ...
+
+    def close_inactive(self) -> None: ...
+
+    def close_replaced(self) -> None: ...
+
+    def close_expired(self) -> None: ...
+
+    def close_for_shutdown(self) -> None: ...
+
+
+class OmegaProtocol(WebSocketServerProtocol):
+    """
+    One WebSocket connection, whatever its wire format: handshake limits,
+    origins, per-address limits and the registry entry are kept here; the
+    L{Wire} chosen by the path (C{/connection/websocket} is Centrifuge,
+    anything else raw) does the rest.  It is the registry's L{Connection}.
+    """
 
     info: ClientInfo
-    _channel: str
-    _client_id: str
+    wire: Wire | None = None
     _ip: str | None = None
-    _bucket: TokenBucket | None = None
+    _retry_after: int | None = None
+    _error_counted = False
 
     @property
-    def _omega(self) -> OmegaServerFactory:
+    def omega(self) -> OmegaServerFactory:
         return cast(OmegaServerFactory, self.factory)
 
     # -- handshake ---------------------------------------------------------
 
     def processHandshake(self) -> None:
         # Autobahn buffers the request head without bound; cap it.
-        limit = self._omega.config.server.max_handshake_size
+        limit = self.omega.config.server.max_handshake_size
         end = self.data.find(b"\r\n\r\n")
         if len(self.data) > limit if end < 0 else end + 4 > limit:
             self.failHandshake("Request Header Fields Too Large", 431)
@@ -112,124 +127,113 @@ class RawProtocol(WebSocketServerProtocol):
         super().processHandshake()
 
     def failHandshake(self, reason: str, code: int = 400, responseHeaders: Any = None) -> None:
-        self._omega.metrics.handshake_refusals.labels(
+        self.omega.metrics.handshake_refusals.labels(
             _HTTP_REASONS.get(code, str(code))).inc()
+        if code == 429 and self._retry_after is not None:
+            responseHeaders = [*(responseHeaders or []), ("Retry-After", str(self._retry_after))]
         super().failHandshake(reason, code, responseHeaders)
 
-    def onConnect(self, request: ConnectionRequest) -> None:
+    def refuse_reconnects(self, retry_after: int) -> ConnectionDeny:
+        """HTTP 429 with C{Retry-After}, for a wire to raise from C{on_connect}."""
+        self._retry_after = retry_after
+        return ConnectionDeny(429, "Too Many Reconnects")
+
+    # Autobahn takes a Deferred from onConnect too (txaio.as_future).
+    def onConnect(  # type: ignore[override]
+        self, request: ConnectionRequest
+    ) -> Deferred[None] | None:
         try:
-            self._check_request(request)
+            omega = self.omega
+            server = omega.config.server
+            origin = request.headers.get("origin")
+            if origin is not None and not omega.origin_allowed(origin):
+                raise ConnectionDeny(403, "Origin Not Allowed")
+            ip: str | None = getattr(self.transport and self.transport.getPeer(), "host", None)
+            limit = server.max_connections_per_ip
+            if limit and ip is not None and omega.per_ip.get(ip, 0) >= limit:
+                raise ConnectionDeny(503, "Too Many Connections From This Address")
+            self.wire = omega.make_wire(self, request.path)
+            result = self.wire.on_connect(request)
+            if ip is not None:
+                omega.per_ip[ip] = omega.per_ip.get(ip, 0) + 1
+                self._ip = ip
         except ConnectionDeny:
             raise
         except Exception:
             _log.failure("onConnect failed for {peer}", peer=request.peer)
             raise ConnectionDeny(500, "Internal Server Error") from None
+        if result is not None:
+            result.addErrback(self._connect_failed, request.peer)
+        return result
 
-    def _check_request(self, request: ConnectionRequest) -> None:
-        omega = self._omega
-        server = omega.config.server
-        path = request.path
-        channel = omega.config.channels.default if path == "/" else path[1:]
-        if not valid_channel(channel):
-            raise ConnectionDeny(404, "Not Found")
-        origin = request.headers.get("origin")
-        if origin is not None and not omega.origin_allowed(origin):
-            raise ConnectionDeny(403, "Origin Not Allowed")
-        client_id = request.params.get("client_id", [None])[0]
-        if client_id is None:
-            client_id = uuid.uuid4().hex
-        elif not _CLIENT_ID_RE.match(client_id):
-            raise ConnectionDeny(400, "Invalid client_id")
-        ip: str | None = getattr(self.transport and self.transport.getPeer(), "host", None)
-        limit = server.max_connections_per_ip
-        if limit and ip is not None and omega.per_ip.get(ip, 0) >= limit:
-            raise ConnectionDeny(503, "Too Many Connections From This Address")
-        self._channel = channel
-        self._client_id = client_id
-        if ip is not None:
-            omega.per_ip[ip] = omega.per_ip.get(ip, 0) + 1
-            self._ip = ip
+    def _connect_failed(self, failure: Failure, peer: str) -> Failure:
+        if not failure.check(ConnectionDeny):
+            _log.failure("onConnect failed for {peer}", failure, peer=peer)
+            raise ConnectionDeny(500, "Internal Server Error")
+        return failure
 
     # -- open connection ---------------------------------------------------
 
     def onOpen(self) -> None:
         try:
-            omega = self._omega
-            self.info = ClientInfo(self._client_id, str(self.peer), "raw", omega.clock.seconds())
-            self.info.channels.add(self._channel)
-            server = omega.config.server
-            if server.publish_rate:
-                self._bucket = TokenBucket(server.publish_rate, server.publish_burst,
-                                           self.info.connected_at)
-            replaced = omega.registry.add(self)
-            if replaced is not None:
-                cast(RawProtocol, replaced).close_replaced()
-            omega.hub.subscribe(self._channel, self)
+            assert self.wire is not None
+            self.wire.on_open()
         except Exception:
             _log.failure("onOpen failed for {peer}", peer=self.peer)
             self._fail_connection(1011, "Internal error")
 
     def onMessage(self, payload: bytes, isBinary: bool) -> None:
-        omega = self._omega
         info = self.info
-        now = info.last_message = omega.clock.seconds()
+        info.last_message = self.omega.clock.seconds()
         info.message_count += 1
-        omega.metrics.messages_received.labels("raw").inc()
-        if not omega.config.channels.allow_client_publish:
-            self._reject(POLICY_VIOLATION, "Publishing is not allowed", "publish_denied")
-        elif self._bucket is not None and not self._bucket.take(now):
-            self._reject(POLICY_VIOLATION, "Publish rate exceeded", "rate_limited")
-        elif isBinary and not _is_utf8(payload):
-            self._reject(INVALID_PAYLOAD, "Invalid UTF-8", "invalid_utf8")
-        elif parse_json_object(payload) is None:
-            self._reject(UNSUPPORTED_DATA, "Invalid message format", "invalid_format")
-        else:
-            omega.metrics.messages_published.labels("raw").inc()
-            omega.hub.publish(self._channel, payload).addErrback(self._publish_failed)
-
-    def _reject(self, code: int, reason: str, metric_reason: str) -> None:
-        self.info.error_count += 1
-        self._omega.metrics.invalid_messages.labels(metric_reason).inc()
-        self._fail_connection(code, reason)
-
-    def _publish_failed(self, failure: Failure) -> None:
-        self.info.error_count += 1
-        _log.failure(
-            "publish from {client_id} on {channel} failed", failure,
-            client_id=self.info.client_id, channel=self._channel,
-        )
+        assert self.wire is not None
+        self.wire.on_message(payload, isBinary)
 
     def onPing(self, payload: bytes) -> None:
-        self.info.last_message = self._omega.clock.seconds()
+        self.info.last_message = self.omega.clock.seconds()
         super().onPing(payload)
 
     def onPong(self, payload: bytes) -> None:
-        self.info.last_message = self._omega.clock.seconds()
-        self.info.ping_sent_at = None
+        self.info.last_message = self.omega.clock.seconds()
+        assert self.wire is not None
+        self.wire.on_pong()
 
-    def deliver(self, publication: Publication) -> None:
-        if self.state == self.STATE_OPEN:
-            prepared = publication.encoded("raw", self._omega.prepare_raw)
-            self.sendPreparedMessage(cast(PreparedMessage, prepared))
+    def reject(self, code: int, reason: str, metric_reason: str) -> None:
+        """Close for bad input: counted, and the entry ends in ERROR."""
+        self.info.error_count += 1
+        self._error_counted = True
+        self.omega.metrics.invalid_messages.labels(metric_reason).inc()
+        self._fail_connection(code, reason)
 
-    # -- closing (the Connection interface) ---------------------------------
-
-    def send_heartbeat(self) -> None:
-        if self.state == self.STATE_OPEN:
-            self.sendPing()
-
-    def close_inactive(self) -> None:
-        if self.state == self.STATE_OPEN:
-            self.sendClose(NORMAL, "Inactive client")
-
-    def close_replaced(self) -> None:
-        if self.state == self.STATE_OPEN:
-            self.sendClose(REPLACED, "replaced")
-
-    def close_for_shutdown(self) -> None:
+    def close(self, code: int, reason: str) -> None:
+        """Close cleanly with C{code} (1000, 1001 or 3000-4999)."""
         if self.state == self.STATE_OPEN:
             # sendClose() refuses 1001; the close frame itself does not.
-            self.sendCloseFrame(GOING_AWAY, b"going away", isReply=False)
+            self.sendCloseFrame(code, reason.encode(), isReply=False)
+        elif self.state == self.STATE_CONNECTING:
+            self.abort()
+
+    # -- the registry's Connection interface ----------------------------------
+
+    def send_heartbeat(self) -> None:
+        if self.state == self.STATE_OPEN and self.wire is not None:
+            self.wire.send_heartbeat()
+
+    def close_inactive(self) -> None:
+        if self.wire is not None:
+            self.wire.close_inactive()
+
+    def close_replaced(self) -> None:
+        if self.wire is not None:
+            self.wire.close_replaced()
+
+    def close_expired(self) -> None:
+        if self.wire is not None:
+            self.wire.close_expired()
+
+    def close_for_shutdown(self) -> None:
+        if self.wire is not None and self.state == self.STATE_OPEN:
+            self.wire.close_for_shutdown()
         elif self.state == self.STATE_CONNECTING:
             self.abort()
 
@@ -242,7 +246,7 @@ class RawProtocol(WebSocketServerProtocol):
         self.dropConnection(abort=True)
 
     def onClose(self, wasClean: bool, code: int | None, reason: str | None) -> None:
-        omega = self._omega
+        omega = self.omega
         if self._ip is not None:
             remaining = omega.per_ip.get(self._ip, 1) - 1
             if remaining > 0:
@@ -251,14 +255,13 @@ class RawProtocol(WebSocketServerProtocol):
                 omega.per_ip.pop(self._ip, None)
             self._ip = None
         info = getattr(self, "info", None)
-        if info is None:  # the handshake never completed
+        if info is None or self.wire is None:  # the handshake never completed
             return
         sent = self.localCloseCode if (self.closedByMe or self.failedByMe) else None
         close_code = sent or self.remoteCloseCode or 1006
         omega.metrics.closes.labels(str(close_code)).inc()
-        omega.hub.unsubscribe(self._channel, self)
-        if self.failedByMe and close_code not in (UNSUPPORTED_DATA, INVALID_PAYLOAD,
-                                                   POLICY_VIOLATION):
+        self.wire.on_close(wasClean, close_code)
+        if self.failedByMe and not self._error_counted:
             # Autobahn's own checks (oversize, bad UTF-8 text, protocol errors).
             info.error_count += 1
         abnormal = not wasClean or self.failedByMe
@@ -268,32 +271,25 @@ class RawProtocol(WebSocketServerProtocol):
 
     def connectionLost(self, reason: Failure = None) -> None:  # type: ignore[assignment]
         super().connectionLost(reason)
-        self._omega.connection_gone(self)
+        self.omega.connection_gone(self)
 
     def connectionMade(self) -> None:
         super().connectionMade()
-        self._omega.connections.add(self)
-
-
-def _is_utf8(payload: bytes) -> bool:
-    try:
-        payload.decode("utf-8")
-    except UnicodeDecodeError:
-        return False
-    return True
+        self.omega.connections.add(self)
 
 
 class OmegaServerFactory(WebSocketServerFactory):
     """
-    Builds L{RawProtocol}s and keeps the client L{Registry}.  One factory
-    serves every WebSocket listener (ws, wss, extra endpoints).
+    Builds L{OmegaProtocol}s and keeps the client L{Registry}; holds what
+    every connection needs (config, hub, tokens, metrics, clock).  One
+    factory serves every WebSocket listener (ws, wss, extra endpoints).
     """
 
-    protocol = RawProtocol
+    protocol = OmegaProtocol
 
     def __init__(
         self, config: Config, hub: Hub, metrics: Metrics, registry: Registry,
-        clock: IReactorTime,
+        clock: IReactorTime, tokens: TokenVerifier,
     ) -> None:
         super().__init__(server="omega-ws")
         self.config = config
@@ -301,22 +297,38 @@ class OmegaServerFactory(WebSocketServerFactory):
         self.metrics = metrics
         self.registry = registry
         self.clock = clock
+        self.tokens = tokens
+        # Python handlers for the Centrifuge protocol's rpc command, by method.
+        self.rpc_handlers: dict[str, RpcHandler] = {}
         # Every connection with a transport, handshake done or not.
-        self.connections: set[RawProtocol] = set()
+        self.connections: set[OmegaProtocol] = set()
         self.per_ip: dict[str, int] = {}
         self._origins = _origin_pattern(config.server.allowed_origins)
         self._drained: Deferred[None] | None = None
         self.noisy = False
         apply_limits(self, config)
 
+    def make_wire(self, protocol: OmegaProtocol, path: str) -> Wire:
+        """The wire format for a request path."""
+        from .centrifuge import CENTRIFUGE_PATH, CentrifugeWire
+        from .raw import RawWire
+
+        if path == CENTRIFUGE_PATH:
+            return CentrifugeWire(protocol)
+        return RawWire(protocol)
+
     def origin_allowed(self, origin: str) -> bool:
         return self._origins.fullmatch(origin) is not None
 
+    def prepare(self, payload: bytes) -> PreparedMessage:
+        """A text frame, framed once, to send on many connections."""
+        return self.prepareMessage(payload, isBinary=False)
+
     def prepare_raw(self, publication: Publication) -> PreparedMessage:
-        """The raw wire format: the JSON text as one text frame, framed once."""
+        """The raw wire format: the JSON text as it was published, framed once."""
         return self.prepareMessage(publication.data, isBinary=False)
 
-    def connection_gone(self, protocol: RawProtocol) -> None:
+    def connection_gone(self, protocol: OmegaProtocol) -> None:
         self.connections.discard(protocol)
         if not self.connections and self._drained is not None:
             drained, self._drained = self._drained, None

@@ -42,6 +42,8 @@ class ClientInfo:
         "reconnect_count",
         "channels",
         "ping_sent_at",
+        "user",
+        "expires_at",
     )
 
     def __init__(self, client_id: str, peer: str, transport: str, now: float) -> None:
@@ -58,10 +60,14 @@ class ClientInfo:
         self.channels: set[str] = set()
         # When the oldest unanswered heartbeat went out, or None.
         self.ping_sent_at: float | None = None
+        # From the connection token: the user ("" when anonymous) and its expiry.
+        self.user = ""
+        self.expires_at: float | None = None
 
     def as_dict(self) -> dict[str, object]:
         return {
             "client_id": self.client_id,
+            "user": self.user,
             "state": self.state.value,
             "peer": self.peer,
             "transport": self.transport,
@@ -90,6 +96,12 @@ class Connection(Protocol):
 
     def close_for_shutdown(self) -> None:
         """Close with the wire format's "going away" code."""
+
+    def close_replaced(self) -> None:
+        """Close because a newer connection took over its client_id."""
+
+    def close_expired(self) -> None:
+        """Close because its token expired (and, for Centrifuge, was not refreshed)."""
 
     def abort(self) -> None:
         """Drop the TCP connection without further ado."""

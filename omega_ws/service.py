@@ -22,6 +22,7 @@ from twisted.python.failure import Failure
 
 from . import systemd
 from .admin import make_admin_site, publish_method
+from .auth import TokenVerifier
 from .broker import Publication, make_broker
 from .config import Config, load_config
 from .hub import Hub
@@ -117,11 +118,13 @@ class OmegaService(MultiService):
         self.config = config
         self.reactor = reactor
         clock = cast(IReactorTime, reactor)
-        self.broker = make_broker(config.broker.url)
+        self.broker = make_broker(config, clock)
+        self.tokens = TokenVerifier(config.auth)
         self.metrics = Metrics(lambda: self.registry.counts(), lambda: self.broker.healthy)
         self.registry = Registry(on_transition=self.metrics.on_transition)
         self.hub = Hub(self.broker, on_dispatch=self._count_delivery)
-        self.factory = OmegaServerFactory(config, self.hub, self.metrics, self.registry, clock)
+        self.factory = OmegaServerFactory(config, self.hub, self.metrics, self.registry, clock,
+                                          self.tokens)
         self.listeners = [ListenerService(reactor, key, scheme, description, self.factory)
                           for key, scheme, description in listener_descriptions(config)]
         if config.server.testee_port is not None:
@@ -142,9 +145,17 @@ class OmegaService(MultiService):
         self.heartbeat = HeartbeatService(self.registry, clock, config.heartbeat.ping_interval,
                                           config.heartbeat.ping_timeout)
         self.monitor = MonitorService(self.registry, clock, config.monitor.interval,
-                                      config.monitor.idle_timeout, self.metrics.totals)
+                                      config.monitor.idle_timeout, self.metrics.totals,
+                                      (self.broker.housekeeping, self._close_expired))
         for child in (self.heartbeat, self.monitor):
             child.setServiceParent(self)
+
+    def _close_expired(self, now: float) -> None:
+        """Connections whose token expired (and was not refreshed) are closed."""
+        for connection in self.registry:
+            expires_at = connection.info.expires_at
+            if expires_at is not None and expires_at <= now:
+                connection.close_expired()
 
     def _count_delivery(self, publication: Publication, subscribers: int) -> None:
         self.metrics.messages_delivered.inc(subscribers)

@@ -2,16 +2,19 @@
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable
 
 import pytest
 from twisted.internet.defer import Deferred
+from twisted.internet.task import Clock
 
 from omega_ws.broker import BrokerUnavailable, MemoryBroker, Publication, make_broker
+from omega_ws.config import BrokerConfig, Config
 
 
 def _started() -> MemoryBroker:
-    broker = MemoryBroker()
+    broker = MemoryBroker(Clock())
     broker.start()
     return broker
 
@@ -44,7 +47,8 @@ def test_publication_carries_channel_and_data_verbatim() -> None:
 
 def test_epoch_is_stable_within_a_broker() -> None:
     broker = _started()
-    epochs = {_result(broker.publish(channel, b"{}")).epoch for channel in ["a", "b", "a"]}
+    # One epoch per channel stream, stable while the stream lives.
+    epochs = {_result(broker.publish("a", b"{}")).epoch for _ in range(3)}
     assert len(epochs) == 1
     (epoch,) = epochs
     assert isinstance(epoch, str)
@@ -67,7 +71,7 @@ def test_epochs_differ_between_brokers() -> None:
 
 
 def test_healthy_only_while_started() -> None:
-    broker = MemoryBroker()
+    broker = MemoryBroker(Clock())
     assert broker.healthy is False
     fired: list[object] = []
     broker.start().addCallback(fired.append)
@@ -155,15 +159,24 @@ def test_publication_repr() -> None:
 
 
 def test_make_broker_memory() -> None:
-    broker = make_broker("memory://")
+    config = Config.from_mapping({"channels": {"history_size": 2}})
+    broker = make_broker(config, Clock())
     assert isinstance(broker, MemoryBroker)
-    assert make_broker("memory://") is not broker
+    assert make_broker(config, Clock()) is not broker
+    broker.start()
+    for _ in range(3):
+        broker.publish("a", b"{}")
+    kept: list[object] = []
+    broker.history("a", None, None, False).addCallback(kept.append)
+    assert [p.offset for p in kept[0][0]] == [2, 3]  # history_size from the config
 
 
 @pytest.mark.parametrize("url", ["", "mem://", "ftp://example.org/", "MEMORY"])
 def test_make_broker_rejects_unknown_urls(url: str) -> None:
+    # The configuration refuses these first; the factory refuses them too.
+    config = dataclasses.replace(Config(), broker=BrokerConfig(url=url))
     with pytest.raises(ValueError, match="unsupported broker URL"):
-        make_broker(url)
+        make_broker(config, Clock())
 
 
 def test_publish_fails_while_stopped() -> None:

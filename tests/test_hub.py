@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from twisted.internet.defer import Deferred
+from twisted.internet.task import Clock
 from twisted.logger import LogLevel, capturedLogs
 
 from omega_ws.broker import MemoryBroker, Publication
@@ -41,7 +42,8 @@ class SpyBroker(MemoryBroker):
     """A memory broker that records the hub's subscribe/unsubscribe calls."""
 
     def __init__(self) -> None:
-        super().__init__()
+        super().__init__(Clock())
+        self.start()
         self.calls: list[tuple[str, str]] = []
 
     def subscribe(self, channel: str) -> None:
@@ -246,7 +248,7 @@ def test_broker_subscribe_on_first_and_unsubscribe_on_last_subscriber() -> None:
 
 
 def test_hub_without_dispatch_hook_delivers() -> None:
-    broker = MemoryBroker()
+    broker = MemoryBroker(Clock())
     broker.start()
     hub = Hub(broker)
     a = Recorder("a")

@@ -1,5 +1,5 @@
 """
-The raw protocol in memory: RawProtocol driven by hand over a
+The raw protocol in memory: OmegaProtocol driven by hand over a
 StringTransport, the timers on a task.Clock; no sockets, no reactor spin.
 """
 
@@ -16,11 +16,12 @@ from twisted.internet.task import Clock
 from twisted.internet.testing import StringTransport
 from twisted.python.failure import Failure
 
+from omega_ws.auth import TokenVerifier
 from omega_ws.broker import MemoryBroker
 from omega_ws.config import Config
 from omega_ws.hub import Hub
 from omega_ws.metrics import Metrics
-from omega_ws.protocol import OmegaServerFactory, RawProtocol
+from omega_ws.protocol import OmegaProtocol, OmegaServerFactory
 from omega_ws.registry import ConnectionState, Registry
 from omega_ws.timers import HeartbeatService, MonitorService
 
@@ -76,14 +77,14 @@ class Harness:
         self.clock = Clock()
         self.metrics = Metrics(lambda: self.registry.counts(), lambda: True)
         self.registry = Registry(on_transition=self.metrics.on_transition)
-        self.broker = MemoryBroker()
+        self.broker = MemoryBroker(self.clock)
         self.broker.start()
         self.hub = Hub(self.broker)
         self.config = Config.from_mapping(sections)
         self.factory = OmegaServerFactory(self.config, self.hub, self.metrics, self.registry,
-                                          self.clock)
+                                          self.clock, TokenVerifier(self.config.auth))
 
-    def open(self, path: str = "/news") -> tuple[RawProtocol, MemoryTransport]:
+    def open(self, path: str = "/news") -> tuple[OmegaProtocol, MemoryTransport]:
         protocol = self.factory.buildProtocol(IPv4Address("TCP", "127.0.0.1", 50000))
         transport = MemoryTransport(peerAddress=IPv4Address("TCP", "127.0.0.1", 50000))
         protocol.makeConnection(transport)
@@ -93,7 +94,7 @@ class Harness:
         return protocol, transport
 
     @staticmethod
-    def lose(protocol: RawProtocol) -> None:
+    def lose(protocol: OmegaProtocol) -> None:
         protocol.connectionLost(Failure(ConnectionError("gone")))
 
 

@@ -72,6 +72,7 @@ def test_client_info_as_dict() -> None:
     info.ping_sent_at = 11.0
     assert info.as_dict() == {
         "client_id": "c1",
+        "user": "",
         "state": "RECONNECTING",
         "peer": "tcp4:1.2.3.4:5678",
         "transport": "raw",

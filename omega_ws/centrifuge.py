@@ -1,0 +1,533 @@
+"""
+The Centrifugo client protocol, JSON flavour, at C{/connection/websocket},
+so that the stock SDKs (npm C{centrifuge} 5.x, C{centrifuge-python}) work
+unchanged.  Reference and a worked session: C{docs/protocol-centrifuge.md}.
+
+Frames carry one or more JSON objects separated by C{\\n}.  A command is
+C{{"id": N, "<method>": {...}}}; its reply is C{{"id": N, "<method>":
+{...}}} or C{{"id": N, "error": {"code", "message", "temporary"}}}.  The
+server pings with C{{}} every C{heartbeat.ping_interval} seconds and the
+client answers C{{}} within C{heartbeat.ping_timeout} (else close 3012).
+Pushes are C{{"push": {"channel": ..., "pub"|"join"|"leave"|"unsubscribe":
+{...}}}}.  The first command must be C{connect}.  Each method is handled by
+C{handle_<method>}, which returns the reply body, a Deferred of it, or None
+for no reply.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import uuid
+from typing import TYPE_CHECKING, Any, cast
+
+from autobahn.websocket.protocol import PreparedMessage
+from autobahn.websocket.types import ConnectionRequest
+from twisted.internet.defer import Deferred, maybeDeferred
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+
+from ._version import __version__
+from .auth import ANONYMOUS, Identity, InvalidToken, TokenExpired
+from .broker import BrokerUnavailable
+from .config import valid_channel
+from .history import Publication, Recovery, StreamPosition
+from .limits import TokenBucket
+from .registry import ClientInfo
+
+if TYPE_CHECKING:
+    from .protocol import OmegaProtocol
+
+__all__ = ["CENTRIFUGE_PATH", "CentrifugeWire", "ReplyError"]
+
+_log = Logger()
+
+CENTRIFUGE_PATH = "/connection/websocket"
+
+# Disconnect (close) codes: 3000-3499 the SDKs reconnect, 3500-3999 they don't.
+DISCONNECT_CLOSED, SHUTDOWN, EXPIRED, SLOW, FORCE_RECONNECT, NO_PONG = (
+    3000, 3001, 3005, 3008, 3011, 3012)
+INVALID_TOKEN, BAD_REQUEST, FORCE_NO_RECONNECT = 3500, 3501, 3503
+
+# Error codes in replies.
+INTERNAL, UNAUTHORIZED, UNKNOWN_CHANNEL, PERMISSION_DENIED, METHOD_NOT_FOUND = (
+    100, 101, 102, 103, 104)
+ALREADY_SUBSCRIBED, LIMIT_EXCEEDED, BAD_REQUEST_ERROR, NOT_AVAILABLE, TOKEN_EXPIRED = (
+    105, 106, 107, 108, 109)
+TOO_MANY_REQUESTS = 111
+
+# Unsubscribe push codes: below 2500 the SDK stays unsubscribed.
+UNSUBSCRIBE_PERMISSION = 2001
+
+
+class ReplyError(Exception):
+    """An error reply to one command; the connection stays up."""
+
+    def __init__(self, code: int, message: str, temporary: bool = False) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+        self.temporary = temporary
+
+    def as_dict(self) -> dict[str, Any]:
+        error: dict[str, Any] = {"code": self.code, "message": self.message}
+        if self.temporary:
+            error["temporary"] = True
+        return error
+
+
+class Disconnect(Exception):
+    """End the connection with a Centrifugo disconnect code."""
+
+    def __init__(self, code: int, reason: str) -> None:
+        super().__init__(reason)
+        self.code = code
+        self.reason = reason
+
+
+def _compact(value: Any) -> bytes:
+    return json.dumps(value, separators=(",", ":"), ensure_ascii=False,
+                      allow_nan=False).encode("utf-8")
+
+
+def _publication_json(publication: Publication) -> bytes:
+    """C{{"data": <as published>, "offset": N}}; the data bytes are never re-encoded."""
+    return b'{"data":' + publication.data + b',"offset":' + str(publication.offset).encode() + b"}"
+
+
+def encode_pub_push(publication: Publication) -> bytes:
+    return (b'{"push":{"channel":' + _compact(publication.channel) + b',"pub":'
+            + _publication_json(publication) + b"}}")
+
+
+class _Subscription:
+    __slots__ = ("channel", "join_leave", "pending", "position")
+
+    def __init__(self, channel: str, join_leave: bool) -> None:
+        self.channel = channel
+        self.join_leave = join_leave
+        # Live publications held back while the subscribe reply is being made.
+        self.pending: list[Publication] | None = []
+        self.position: StreamPosition | None = None
+
+
+class _ChannelSubscriber:
+    """What the hub holds for one subscribed channel of one connection."""
+
+    __slots__ = ("wire", "subscription")
+
+    def __init__(self, wire: CentrifugeWire, subscription: _Subscription) -> None:
+        self.wire = wire
+        self.subscription = subscription
+
+    def deliver(self, publication: Publication) -> None:
+        self.wire.deliver(self.subscription, publication)
+
+    @property
+    def info(self) -> ClientInfo:
+        return self.wire.protocol.info
+
+
+class CentrifugeWire:
+    """The Centrifuge protocol on one connection: several channels, recovery, tokens."""
+
+    transport_name = "centrifuge"
+
+    def __init__(self, protocol: OmegaProtocol) -> None:
+        self.protocol = protocol
+        self.omega = protocol.omega
+        self.identity: Identity = ANONYMOUS
+        self.connected = False
+        self.subscriptions: dict[str, _ChannelSubscriber] = {}
+        self._bucket: TokenBucket | None = None
+
+    # -- lifecycle ------------------------------------------------------------
+
+    def on_connect(self, request: ConnectionRequest) -> None:
+        return None  # the token comes with the connect command
+
+    def on_open(self) -> None:
+        omega = self.omega
+        now = omega.clock.seconds()
+        self.protocol.info = ClientInfo(str(uuid.uuid4()), str(self.protocol.peer),
+                                        "centrifuge", now)
+        server = omega.config.server
+        if server.publish_rate:
+            self._bucket = TokenBucket(server.publish_rate, server.publish_burst, now)
+        omega.registry.add(self.protocol)
+
+    def on_close(self, was_clean: bool, close_code: int) -> None:
+        for subscriber in list(self.subscriptions.values()):
+            self._leave(subscriber)
+        self.subscriptions.clear()
+
+    # -- frames ---------------------------------------------------------------
+
+    def on_message(self, payload: bytes, is_binary: bool) -> None:
+        self.omega.metrics.messages_received.labels("centrifuge").inc()
+        if is_binary:
+            self._disconnect(BAD_REQUEST, "bad request")
+            return
+        replies: list[bytes] = []
+        for line in payload.split(b"\n"):
+            if not line.strip():
+                continue
+            try:
+                command = json.loads(line)
+            except ValueError:
+                command = None
+            if not isinstance(command, dict):
+                self._disconnect(BAD_REQUEST, "bad request")
+                return
+            if not command:  # {}: the pong
+                self.protocol.info.ping_sent_at = None
+                continue
+            try:
+                reply = self._dispatch(command)
+            except Disconnect as e:
+                self._send(replies)
+                self._disconnect(e.code, e.reason)
+                return
+            if isinstance(reply, Deferred):
+                reply.addCallback(lambda body: self._send([body] if body else []))
+            elif reply is not None:
+                replies.append(reply)
+        self._send(replies)
+
+    def _dispatch(self, command: dict[str, Any]) -> bytes | Deferred[bytes | None] | None:
+        command_id = command.get("id", 0)
+        if not isinstance(command_id, int) or isinstance(command_id, bool) or command_id < 0:
+            raise Disconnect(BAD_REQUEST, "bad request")
+        methods = [key for key in command if key != "id"]
+        if len(methods) != 1 or not isinstance(command[methods[0]], dict):
+            raise Disconnect(BAD_REQUEST, "bad request")
+        method = methods[0]
+        if not self.connected and method != "connect":
+            raise Disconnect(BAD_REQUEST, "bad request")
+        handler = getattr(self, f"handle_{method}", None)
+        if handler is None:
+            error = ReplyError(METHOD_NOT_FOUND, "method not found")
+            return self._reply(command_id, method, error)
+        try:
+            result = handler(command[method])
+        except ReplyError as e:
+            return self._reply(command_id, method, e)
+        if isinstance(result, Deferred):
+            return result.addCallbacks(
+                lambda body: self._reply(command_id, method, body),
+                lambda failure: self._reply_failure(command_id, method, failure))
+        return self._reply(command_id, method, result)
+
+    def _reply(self, command_id: int, method: str,
+               body: dict[str, Any] | ReplyError | None) -> bytes | None:
+        if not command_id:
+            return None  # no id, no reply (e.g. send)
+        if isinstance(body, ReplyError):
+            return _compact({"id": command_id, "error": body.as_dict()})
+        return encode_reply(command_id, method, body)
+
+    def _reply_failure(self, command_id: int, method: str, failure: Failure) -> bytes | None:
+        if failure.check(Disconnect):
+            error = cast(Disconnect, failure.value)
+            self._disconnect(error.code, error.reason)
+            return None
+        if failure.check(ReplyError):
+            return self._reply(command_id, method, cast(ReplyError, failure.value))
+        if failure.check(BrokerUnavailable):
+            return self._reply(command_id, method,
+                               ReplyError(INTERNAL, "broker unavailable", temporary=True))
+        _log.failure("{method} from {client_id} failed", failure, method=method,
+                     client_id=self.protocol.info.client_id)
+        return self._reply(command_id, method, ReplyError(INTERNAL, "internal server error"))
+
+    def _send(self, replies: list[bytes]) -> None:
+        protocol = self.protocol
+        if replies and protocol.state == protocol.STATE_OPEN:
+            protocol.sendMessage(b"\n".join(replies), isBinary=False)
+
+    def _disconnect(self, code: int, reason: str) -> None:
+        protocol = self.protocol
+        if code >= 3500 and code != INVALID_TOKEN or code == BAD_REQUEST:
+            protocol.info.error_count += 1
+        protocol.close(code, reason)
+
+    # -- connect, refresh ---------------------------------------------------------
+
+    def _verify(self, token: Any) -> Identity:
+        omega = self.omega
+        if not token:
+            if omega.tokens.anonymous_allowed:
+                return ANONYMOUS
+            raise Disconnect(INVALID_TOKEN, "invalid token")
+        if not isinstance(token, str):
+            raise Disconnect(BAD_REQUEST, "bad request")
+        try:
+            return omega.tokens.verify(token, omega.clock.seconds())
+        except TokenExpired:
+            raise ReplyError(TOKEN_EXPIRED, "token expired") from None
+        except InvalidToken as e:
+            _log.info("centrifuge client {client_id}: invalid token ({error})",
+                      client_id=self.protocol.info.client_id, error=str(e))
+            raise Disconnect(INVALID_TOKEN, "invalid token") from None
+
+    def _expiry(self, identity: Identity) -> dict[str, Any]:
+        if identity.expires_at is None:
+            return {}
+        ttl = max(1, math.ceil(identity.expires_at - self.omega.clock.seconds()))
+        return {"expires": True, "ttl": ttl}
+
+    def handle_connect(self, body: dict[str, Any]) -> dict[str, Any]:
+        if self.connected:
+            raise Disconnect(BAD_REQUEST, "bad request")
+        identity = self._verify(body.get("token"))
+        self.identity = identity
+        info = self.protocol.info
+        info.user = identity.user
+        info.expires_at = identity.expires_at
+        self.connected = True
+        return {"client": info.client_id, "version": __version__,
+                "ping": max(1, round(self.omega.config.heartbeat.ping_interval)),
+                "pong": True, **self._expiry(identity)}
+
+    def handle_refresh(self, body: dict[str, Any]) -> dict[str, Any]:
+        identity = self._verify(body.get("token"))
+        if identity.user != self.identity.user:
+            raise Disconnect(INVALID_TOKEN, "invalid token")
+        self.identity = identity
+        info = self.protocol.info
+        info.expires_at = identity.expires_at
+        for channel in [c for c in self.subscriptions if not identity.allows(c)]:
+            self._server_unsubscribe(channel, UNSUBSCRIBE_PERMISSION, "permission denied")
+        return {"client": info.client_id, "version": __version__, **self._expiry(identity)}
+
+    # -- subscriptions ----------------------------------------------------------------
+
+    def _channel(self, body: dict[str, Any]) -> str:
+        channel = body.get("channel")
+        if not isinstance(channel, str) or not channel:
+            raise ReplyError(BAD_REQUEST_ERROR, "bad request")
+        if not valid_channel(channel):
+            raise ReplyError(UNKNOWN_CHANNEL, "unknown channel")
+        if not self.identity.allows(channel):
+            raise ReplyError(PERMISSION_DENIED, "permission denied")
+        return channel
+
+    def handle_subscribe(self, body: dict[str, Any]) -> Deferred[_Raw]:
+        channel = self._channel(body)
+        if channel in self.subscriptions:
+            raise ReplyError(ALREADY_SUBSCRIBED, "already subscribed")
+        subscription = _Subscription(channel, bool(body.get("join_leave")))
+        subscriber = _ChannelSubscriber(self, subscription)
+        self.subscriptions[channel] = subscriber
+        self.protocol.info.channels.add(channel)
+        omega = self.omega
+        omega.hub.subscribe(channel, subscriber)  # live publications are held meanwhile
+        broker = omega.hub.broker
+        recover = bool(body.get("recover"))
+        if recover:
+            since = StreamPosition(str(body.get("epoch", "")), _offset(body.get("offset", 0)))
+            d: Deferred[Any] = broker.recover(channel, since)
+        else:
+            d = broker.position(channel)
+
+        def answer(result: Recovery | StreamPosition) -> _Raw:
+            position = result.position if isinstance(result, Recovery) else result
+            reply: dict[str, Any] = {"recoverable": True, "positioned": True,
+                                     "epoch": position.epoch, "offset": position.offset}
+            missed: list[Publication] = []
+            if isinstance(result, Recovery):
+                reply["was_recovering"] = True
+                reply["recovered"] = result.recovered
+                if not result.recovered:
+                    omega.metrics.recovery_gaps.labels("centrifuge").inc()
+                missed = result.publications
+            subscription.position = position
+            self._announce(subscriber, "join")
+            self._release(subscription, position)
+            # The publications keep their bytes: spliced into the reply as JSON text.
+            return _Raw(reply, missed)
+
+        def failed(failure: Failure) -> Failure:
+            self._forget(channel)
+            return failure
+
+        return d.addCallbacks(answer, failed)
+
+    def _release(self, subscription: _Subscription, position: StreamPosition) -> None:
+        """After the subscribe reply, send what arrived meanwhile and is newer."""
+        held, subscription.pending = subscription.pending or [], None
+        if held:
+            self.omega.clock.callLater(0, self._flush_held, subscription, held)
+
+    def _flush_held(self, subscription: _Subscription, held: list[Publication]) -> None:
+        for publication in held:
+            self.deliver(subscription, publication)
+
+    def deliver(self, subscription: _Subscription, publication: Publication) -> None:
+        if subscription.pending is not None:
+            subscription.pending.append(publication)
+            return
+        position = subscription.position
+        if (position is not None and publication.epoch == position.epoch
+                and publication.offset <= position.offset):
+            return  # already in the subscribe reply
+        protocol = self.protocol
+        if protocol.state == protocol.STATE_OPEN:
+            prepared = publication.encoded("centrifuge", self._prepare_push)
+            protocol.sendPreparedMessage(cast(PreparedMessage, prepared))
+            subscription.position = StreamPosition(publication.epoch, publication.offset)
+
+    def _prepare_push(self, publication: Publication) -> PreparedMessage:
+        return self.omega.prepare(encode_pub_push(publication))
+
+    def handle_unsubscribe(self, body: dict[str, Any]) -> dict[str, Any]:
+        channel = body.get("channel")
+        if isinstance(channel, str) and channel in self.subscriptions:
+            self._forget(channel)
+        return {}
+
+    def _forget(self, channel: str) -> None:
+        subscriber = self.subscriptions.pop(channel, None)
+        self.protocol.info.channels.discard(channel)
+        if subscriber is not None:
+            self._leave(subscriber)
+
+    def _leave(self, subscriber: _ChannelSubscriber) -> None:
+        self.omega.hub.unsubscribe(subscriber.subscription.channel, subscriber)
+        self._announce(subscriber, "leave")
+
+    def _server_unsubscribe(self, channel: str, code: int, reason: str) -> None:
+        self._forget(channel)
+        self._send([_compact({"push": {"channel": channel,
+                                       "unsubscribe": {"code": code, "reason": reason}}})])
+
+    def _client_info(self) -> dict[str, Any]:
+        info = self.protocol.info
+        return {"user": info.user, "client": info.client_id}
+
+    def _announce(self, subscriber: _ChannelSubscriber, kind: str) -> None:
+        """join/leave pushes to the channel's subscribers that asked for them."""
+        channel = subscriber.subscription.channel
+        push = _compact({"push": {"channel": channel, kind: {"info": self._client_info()}}})
+        for other in self.omega.hub.subscribers(channel):
+            if (isinstance(other, _ChannelSubscriber) and other is not subscriber
+                    and other.subscription.join_leave):
+                other.wire._send([push])
+
+    # -- other commands ---------------------------------------------------------
+
+    def handle_publish(self, body: dict[str, Any]) -> Deferred[dict[str, Any]]:
+        channel = self._channel(body)
+        omega = self.omega
+        if not omega.config.channels.allow_client_publish:
+            raise ReplyError(PERMISSION_DENIED, "permission denied")
+        if self._bucket is not None and not self._bucket.take(omega.clock.seconds()):
+            raise ReplyError(TOO_MANY_REQUESTS, "too many requests", temporary=True)
+        if "data" not in body:
+            raise ReplyError(BAD_REQUEST_ERROR, "bad request")
+        try:
+            data = _compact(body["data"])
+        except ValueError:
+            raise ReplyError(BAD_REQUEST_ERROR, "bad request") from None
+        omega.metrics.messages_published.labels("centrifuge").inc()
+        return omega.hub.publish(channel, data).addCallback(lambda _: {})
+
+    def handle_history(self, body: dict[str, Any]) -> Deferred[Any]:
+        channel = self._channel(body)
+        limit = body.get("limit", 0)
+        if not isinstance(limit, int) or isinstance(limit, bool):
+            raise ReplyError(BAD_REQUEST_ERROR, "bad request")
+        since_body = body.get("since")
+        since = None
+        if isinstance(since_body, dict):
+            since = StreamPosition(str(since_body.get("epoch", "")),
+                                   _offset(since_body.get("offset", 0)))
+        reverse = bool(body.get("reverse"))
+        # As Centrifugo: limit 0 asks for the position only, -1 for everything kept.
+        wanted = None if limit < 0 else limit
+        d = self.omega.hub.broker.history(channel, since, wanted, reverse)
+        return d.addCallback(lambda result: _Raw(
+            {"epoch": result[1].epoch, "offset": result[1].offset}, result[0]))
+
+    def handle_presence(self, body: dict[str, Any]) -> dict[str, Any]:
+        channel = self._channel(body)
+        members = {}
+        for info in self.omega.hub.members(channel):
+            members[info.client_id] = {"user": info.user, "client": info.client_id}
+        return {"presence": members}
+
+    def handle_presence_stats(self, body: dict[str, Any]) -> dict[str, Any]:
+        channel = self._channel(body)
+        members = self.omega.hub.members(channel)
+        return {"num_clients": len(members), "num_users": len({m.user for m in members})}
+
+    def handle_rpc(self, body: dict[str, Any]) -> Any:
+        method = body.get("method", "")
+        handler = self.omega.rpc_handlers.get(method) if isinstance(method, str) else None
+        if handler is None:
+            raise ReplyError(NOT_AVAILABLE, "not available")
+        return maybeDeferred(handler, self.protocol.info, body.get("data")).addCallback(
+            lambda data: {"data": data} if data is not None else {})
+
+    def handle_send(self, body: dict[str, Any]) -> None:
+        return None  # asynchronous messages: nothing handles them here
+
+    # -- the registry's connection duties ---------------------------------------
+
+    def on_pong(self) -> None:
+        return None  # Centrifuge clients answer with {} frames, not WebSocket pongs
+
+    def send_heartbeat(self) -> None:
+        if self.connected:
+            self.protocol.sendMessage(b"{}", isBinary=False)
+        else:
+            self.protocol.info.ping_sent_at = None  # not connected yet: nothing to answer
+
+    def drop_unresponsive(self) -> None:
+        self.protocol.close(NO_PONG, "no pong")
+
+    def close_inactive(self) -> None:
+        self.protocol.close(DISCONNECT_CLOSED, "inactive client")
+
+    def close_replaced(self) -> None:
+        self.protocol.close(FORCE_RECONNECT, "replaced")
+
+    def close_expired(self) -> None:
+        self.protocol.close(EXPIRED, "expired")
+
+    def close_for_shutdown(self) -> None:
+        self.protocol.close(SHUTDOWN, "shutdown")
+
+
+class _Raw:
+    """A reply body plus publications whose data is spliced in verbatim."""
+
+    __slots__ = ("body", "publications")
+
+    def __init__(self, body: dict[str, Any], publications: list[Publication]) -> None:
+        self.body = body
+        self.publications = publications
+
+
+def _offset(value: Any) -> int:
+    """Offsets arrive as numbers, or as strings from 64-bit-safe encoders."""
+    try:
+        offset = int(value)
+    except (TypeError, ValueError):
+        raise ReplyError(BAD_REQUEST_ERROR, "bad request") from None
+    if offset < 0:
+        raise ReplyError(BAD_REQUEST_ERROR, "bad request")
+    return offset
+
+
+def encode_reply(command_id: int, method: str, body: Any) -> bytes:
+    """A reply; C{_Raw} bodies get their publications spliced in without re-encoding."""
+    if isinstance(body, _Raw):
+        head = _compact(body.body)[:-1]
+        publications = b",".join(_publication_json(p) for p in body.publications)
+        separator = b"," if body.body else b""
+        inner = head + separator + b'"publications":[' + publications + b"]}"
+        prefix = b'{"id":' + str(command_id).encode() + b',"' + method.encode() + b'":'
+        return prefix + inner + b"}"
+    return _compact({"id": command_id, method: body if body is not None else {}})
+

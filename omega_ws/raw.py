@@ -1,0 +1,291 @@
+"""
+The raw wire protocol (the seed's protocol): one channel per connection,
+one JSON object per message, delivered byte for byte.  Reference and a
+worked session: C{docs/protocol-raw.md}.
+
+  - Path C{/<channel>} (C{/} is C{channels.default}); HTTP 404 otherwise.
+  - C{?client_id=X}: a server-side session.  When the connection ends the
+    session is held C{reconnect.session_ttl} seconds with the last offset
+    delivered; reconnecting with the same id goes C{RECONNECTING} ->
+    C{CONNECTED}, counters carry over, and what was published meanwhile is
+    replayed verbatim and in order before live traffic.  Reconnecting more
+    than C{reconnect.max_attempts} times in a row, each within
+    C{reconnect.delay} seconds, is refused with HTTP 429 and C{Retry-After}.
+    A second live connection with the same id replaces the first (4000).
+  - C{?token=} or C{Authorization: Bearer}: a JWT (C{auth.py}); missing or
+    invalid when required, HTTP 401; its C{channels} claim not allowing the
+    channel, HTTP 403; expiry closes the connection with 4001.
+  - Bad input: 1003 "Invalid message format", 1007 invalid UTF-8, 1009 too
+    large, 1008 when publishing is off or over the rate limit.
+"""
+
+from __future__ import annotations
+
+import re
+import uuid
+from typing import TYPE_CHECKING, cast
+
+from autobahn.websocket.protocol import PreparedMessage
+from autobahn.websocket.types import ConnectionDeny, ConnectionRequest
+from twisted.internet.defer import Deferred
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+
+from .auth import ANONYMOUS, Identity, InvalidToken
+from .config import valid_channel
+from .history import Publication, Recovery, StreamPosition
+from .limits import TokenBucket
+from .registry import ClientInfo, ConnectionState
+from .sessions import Session, admit
+
+if TYPE_CHECKING:
+    from .protocol import OmegaProtocol
+
+__all__ = ["RawWire"]
+
+_log = Logger()
+
+NORMAL, GOING_AWAY, UNSUPPORTED_DATA, INVALID_PAYLOAD, POLICY_VIOLATION = (
+    1000, 1001, 1003, 1007, 1008)
+REPLACED, TOKEN_EXPIRED = 4000, 4001
+_CLIENT_ID_RE = re.compile(r"[A-Za-z0-9_.:@-]{1,128}\Z")
+
+
+def _is_utf8(payload: bytes) -> bool:
+    try:
+        payload.decode("utf-8")
+    except UnicodeDecodeError:
+        return False
+    return True
+
+
+def request_token(request: ConnectionRequest) -> str | None:
+    """C{?token=}, else C{Authorization: Bearer <token>}, else None."""
+    token = request.params.get("token", [None])[0]
+    if token:
+        return str(token)
+    scheme, _, value = request.headers.get("authorization", "").partition(" ")
+    if scheme.lower() == "bearer" and value.strip():
+        return value.strip()
+    return None
+
+
+class RawWire:
+    """The raw protocol on one connection; subscribes itself to the hub."""
+
+    transport_name = "raw"
+
+    def __init__(self, protocol: OmegaProtocol) -> None:
+        self.protocol = protocol
+        self.omega = protocol.omega
+        self.channel = ""
+        self.client_id = ""
+        self.identity: Identity = ANONYMOUS
+        self.session: Session | None = None  # only with an explicit client_id
+        self.position: StreamPosition | None = None  # last publication delivered
+        self._replaying: list[Publication] | None = None  # live ones held back meanwhile
+        self._bucket: TokenBucket | None = None
+
+    @property
+    def info(self) -> ClientInfo:
+        return self.protocol.info
+
+    # -- handshake ----------------------------------------------------------
+
+    def on_connect(self, request: ConnectionRequest) -> Deferred[None] | None:
+        omega = self.omega
+        path = request.path
+        channel = omega.config.channels.default if path == "/" else path[1:]
+        if not valid_channel(channel):
+            raise ConnectionDeny(404, "Not Found")
+        self.channel = channel
+        self.identity = self._authenticate(request)
+        client_id = request.params.get("client_id", [None])[0]
+        if client_id is None:
+            self.client_id = uuid.uuid4().hex
+            return None
+        if not _CLIENT_ID_RE.match(client_id):
+            raise ConnectionDeny(400, "Invalid client_id")
+        self.client_id = client_id
+        return omega.hub.broker.sessions.get(client_id).addCallback(self._admit)
+
+    def _authenticate(self, request: ConnectionRequest) -> Identity:
+        tokens = self.omega.tokens
+        token = request_token(request)
+        if token is None:
+            if tokens.anonymous_allowed:
+                return ANONYMOUS
+            raise ConnectionDeny(401, "Token Required")
+        try:
+            identity = tokens.verify(token, self.omega.clock.seconds())
+        except InvalidToken as e:
+            _log.info("raw handshake from {peer}: invalid token ({error})",
+                      peer=request.peer, error=str(e))
+            raise ConnectionDeny(401, "Invalid Token") from None
+        if not identity.allows(self.channel):
+            raise ConnectionDeny(403, "Channel Not Allowed")
+        return identity
+
+    def _admit(self, session: Session | None) -> Deferred[None] | None:
+        omega = self.omega
+        if session is None or session.user != self.identity.user:
+            # A new session; never resume someone else's.
+            self.session = Session(self.client_id, user=self.identity.user)
+            return None
+        reconnect = omega.config.reconnect
+        admission = admit(session, omega.clock.seconds(), reconnect.delay, reconnect.max_attempts)
+        stored = omega.hub.broker.sessions.put(session, reconnect.session_ttl)
+        if not admission.allowed:
+            _log.warn(
+                "client {client_id} ERROR: reconnecting too often, refused for {retry_after} s",
+                client_id=self.client_id, retry_after=admission.retry_after)
+            omega.metrics.transitions.labels(ConnectionState.ERROR.value).inc()
+            raise self.protocol.refuse_reconnects(admission.retry_after)
+        self.session = session
+        return stored
+
+    # -- open ---------------------------------------------------------------
+
+    def on_open(self) -> None:
+        omega = self.omega
+        protocol = self.protocol
+        now = omega.clock.seconds()
+        info = protocol.info = ClientInfo(self.client_id, str(protocol.peer), "raw", now)
+        info.user = self.identity.user
+        info.expires_at = self.identity.expires_at
+        info.channels.add(self.channel)
+        server = omega.config.server
+        if server.publish_rate:
+            self._bucket = TokenBucket(server.publish_rate, server.publish_burst, now)
+        session = self.session
+        resuming = session is not None and session.disconnected_at is not None
+        if session is not None:
+            info.message_count = session.message_count
+            info.error_count = session.error_count
+            info.reconnect_count = session.reconnect_count + (1 if resuming else 0)
+            self.position = session.positions.get(self.channel)
+        if resuming:
+            info.state = ConnectionState.RECONNECTING
+        if session is not None:
+            session.disconnected_at = None  # live again
+        replaced = omega.registry.add(protocol)
+        if replaced is not None:
+            replaced.close_replaced()
+        omega.hub.subscribe(self.channel, self)
+        if resuming and self.position is not None:
+            self._replaying = []
+            omega.hub.broker.recover(self.channel, self.position).addCallback(
+                self._replay).addErrback(self._replay_failed)
+        else:
+            if resuming:
+                omega.registry.transition(protocol, ConnectionState.CONNECTED, "resumed")
+            if session is not None:
+                # Where this client starts: what is published after it can be replayed.
+                omega.hub.broker.position(self.channel).addCallback(self._start_at)
+
+    def _start_at(self, position: StreamPosition) -> None:
+        if self.position is None:
+            self.position = position
+
+    def _replay(self, recovery: Recovery) -> Deferred[None] | None:
+        if recovery.recovered:
+            self._finish_replay(recovery.publications, gap=False)
+            return None
+        # History no longer covers the gap: send what it has, and say so in logs and metrics.
+        since = self.position
+        assert since is not None
+        if since.epoch != recovery.position.epoch:
+            since = StreamPosition(recovery.position.epoch, 0)
+        return self.omega.hub.broker.history(self.channel, since, None, False).addCallback(
+            lambda result: self._finish_replay(result[0], gap=True))
+
+    def _replay_failed(self, failure: Failure) -> None:
+        _log.failure("replay for {client_id} failed", failure, client_id=self.client_id)
+        self._finish_replay([], gap=True)
+
+    def _finish_replay(self, missed: list[Publication], gap: bool) -> None:
+        omega = self.omega
+        if gap:
+            omega.metrics.recovery_gaps.labels("raw").inc()
+            _log.warn("client {client_id} resumed on {channel} with a gap: history no longer "
+                      "covers {position}; replayed the {count} publications it still has",
+                      client_id=self.client_id, channel=self.channel,
+                      position=self.position, count=len(missed))
+        held, self._replaying = self._replaying or [], None
+        for publication in [*missed, *held]:
+            self.deliver(publication)
+        if self.protocol.info.state is ConnectionState.RECONNECTING:
+            omega.registry.transition(self.protocol, ConnectionState.CONNECTED,
+                                      f"resumed, {len(missed)} replayed")
+
+    # -- frames ---------------------------------------------------------------
+
+    def on_message(self, payload: bytes, is_binary: bool) -> None:
+        from .protocol import parse_json_object
+
+        omega = self.omega
+        protocol = self.protocol
+        omega.metrics.messages_received.labels("raw").inc()
+        if not omega.config.channels.allow_client_publish:
+            protocol.reject(POLICY_VIOLATION, "Publishing is not allowed", "publish_denied")
+        elif self._bucket is not None and not self._bucket.take(omega.clock.seconds()):
+            protocol.reject(POLICY_VIOLATION, "Publish rate exceeded", "rate_limited")
+        elif is_binary and not _is_utf8(payload):
+            protocol.reject(INVALID_PAYLOAD, "Invalid UTF-8", "invalid_utf8")
+        elif parse_json_object(payload) is None:
+            protocol.reject(UNSUPPORTED_DATA, "Invalid message format", "invalid_format")
+        else:
+            omega.metrics.messages_published.labels("raw").inc()
+            omega.hub.publish(self.channel, payload).addErrback(self._publish_failed)
+
+    def _publish_failed(self, failure: Failure) -> None:
+        self.protocol.info.error_count += 1
+        _log.failure("publish from {client_id} on {channel} failed", failure,
+                     client_id=self.client_id, channel=self.channel)
+
+    def deliver(self, publication: Publication) -> None:
+        if self._replaying is not None:
+            self._replaying.append(publication)
+            return
+        position = self.position
+        if (position is not None and publication.epoch == position.epoch
+                and publication.offset <= position.offset):
+            return  # already delivered: the joint between history and live stream
+        protocol = self.protocol
+        if protocol.state == protocol.STATE_OPEN:
+            prepared = publication.encoded("raw", self.omega.prepare_raw)
+            protocol.sendPreparedMessage(cast(PreparedMessage, prepared))
+            self.position = StreamPosition(publication.epoch, publication.offset)
+
+    def on_pong(self) -> None:
+        self.protocol.info.ping_sent_at = None
+
+    def send_heartbeat(self) -> None:
+        self.protocol.sendPing()
+
+    def close_inactive(self) -> None:
+        self.protocol.close(NORMAL, "Inactive client")
+
+    def close_replaced(self) -> None:
+        self.protocol.close(REPLACED, "replaced")
+
+    def close_expired(self) -> None:
+        self.protocol.close(TOKEN_EXPIRED, "token expired")
+
+    def close_for_shutdown(self) -> None:
+        self.protocol.close(GOING_AWAY, "going away")
+
+    def on_close(self, was_clean: bool, close_code: int) -> None:
+        omega = self.omega
+        omega.hub.unsubscribe(self.channel, self)
+        session = self.session
+        if session is None or omega.registry.get(self.client_id) not in (None, self.protocol):
+            return  # no session, or a newer connection owns it now
+        info = self.protocol.info
+        session.message_count = info.message_count
+        session.error_count = info.error_count
+        session.reconnect_count = info.reconnect_count
+        session.disconnected_at = omega.clock.seconds()
+        if self.position is not None:
+            session.positions[self.channel] = self.position
+        omega.hub.broker.sessions.put(session, omega.config.reconnect.session_ttl)
