@@ -24,24 +24,14 @@ from twisted.python.failure import Failure
 from twisted.web.resource import Resource
 from twisted.web.server import NOT_DONE_YET, Request, Site
 
-from .broker import BrokerUnavailable, Publication
-from .config import valid_channel
+from .api import BAD_REQUEST, INTERNAL, METHOD_NOT_FOUND, UNAUTHORIZED, ApiError, ApiMethod
+from .broker import BrokerUnavailable
 
-__all__ = ["ApiError", "make_admin_site"]
+__all__ = ["make_admin_site"]
 
 _log = Logger()
 
-# Centrifugo's error codes.
-INTERNAL, UNAUTHORIZED, UNKNOWN_CHANNEL, METHOD_NOT_FOUND, BAD_REQUEST = 100, 101, 102, 104, 107
 MAX_BODY = 16 * 1024 * 1024
-
-
-class ApiError(Exception):
-    def __init__(self, http_status: int, code: int, message: str) -> None:
-        super().__init__(message)
-        self.http_status = http_status
-        self.code = code
-        self.message = message
 
 
 def _json(request: Request, status: int, body: object) -> bytes:
@@ -77,9 +67,6 @@ class _Metrics(Resource):
         return self._render()
 
 
-ApiMethod = Callable[[dict[str, Any]], "Deferred[dict[str, Any]] | dict[str, Any]"]
-
-
 def _reject_constant(name: str) -> Any:
     raise ValueError(f"{name} is not JSON")
 
@@ -105,6 +92,9 @@ class _Api(Resource):
             method = self._check(request)
             body = self._body(request)
             result = method(body)
+        except ValueError as e:  # data that is not JSON (NaN, ...)
+            return _json(request, 400, {"error": {"code": BAD_REQUEST,
+                                                  "message": f"bad request: {e}"}})
         except ApiError as e:
             return _json(request, e.http_status, {"error": {"code": e.code, "message": e.message}})
         if not isinstance(result, Deferred):
@@ -122,22 +112,22 @@ class _Api(Resource):
             if authorization.lower().startswith(b"apikey "):
                 given = authorization[7:]
             if not hmac.compare_digest(given, self._api_key):
-                raise ApiError(401, UNAUTHORIZED, "unauthorized")
+                raise ApiError(UNAUTHORIZED, "unauthorized", 401)
         name = (request.postpath or [b""])[0].decode("utf-8", "replace")
         if len(request.postpath or []) != 1 or name not in self._methods:
-            raise ApiError(404, METHOD_NOT_FOUND, "method not found")
+            raise ApiError(METHOD_NOT_FOUND, "method not found", 404)
         return self._methods[name]
 
     def _body(self, request: Request) -> dict[str, Any]:
         raw = request.content.read(MAX_BODY + 1) if request.content else b""
         if len(raw) > MAX_BODY:
-            raise ApiError(413, BAD_REQUEST, "body too large")
+            raise ApiError(BAD_REQUEST, "body too large", 413)
         try:
             body = json.loads(raw or b"{}", parse_constant=_reject_constant)
         except ValueError:
-            raise ApiError(400, BAD_REQUEST, "bad request: body is not JSON") from None
+            raise ApiError(BAD_REQUEST, "bad request: body is not JSON", 400) from None
         if not isinstance(body, dict):
-            raise ApiError(400, BAD_REQUEST, "bad request: body is not a JSON object")
+            raise ApiError(BAD_REQUEST, "bad request: body is not a JSON object", 400)
         return body
 
     def _finish(self, request: Request, status: int, body: object) -> None:
@@ -155,23 +145,6 @@ class _Api(Resource):
         else:
             _log.failure("admin API call failed", failure)
             self._finish(request, 500, {"error": {"code": INTERNAL, "message": "internal error"}})
-
-
-def publish_method(publish: Callable[[str, Any], Deferred[Publication]]) -> ApiMethod:
-    """C{publish}: C{{channel, data}} -> C{{offset, epoch}}."""
-
-    def publish_call(body: dict[str, Any]) -> Deferred[dict[str, Any]]:
-        channel = body.get("channel")
-        if not isinstance(channel, str) or not channel:
-            raise ApiError(400, BAD_REQUEST, "bad request: channel required")
-        if not valid_channel(channel):
-            raise ApiError(400, UNKNOWN_CHANNEL, f"unknown channel: invalid name {channel!r}")
-        if "data" not in body:
-            raise ApiError(400, BAD_REQUEST, "bad request: data required")
-        return publish(channel, body["data"]).addCallback(
-            lambda p: {"offset": p.offset, "epoch": p.epoch})
-
-    return publish_call
 
 
 def make_admin_site(

@@ -43,6 +43,7 @@ __all__ = ["CENTRIFUGE_PATH", "CentrifugeWire", "ReplyError"]
 _log = Logger()
 
 CENTRIFUGE_PATH = "/connection/websocket"
+JSON_SUBPROTOCOL = "centrifuge-json"
 
 # Disconnect (close) codes: 3000-3499 the SDKs reconnect, 3500-3999 they don't.
 DISCONNECT_CLOSED, SHUTDOWN, EXPIRED, SLOW, FORCE_RECONNECT, NO_PONG = (
@@ -54,10 +55,10 @@ INTERNAL, UNAUTHORIZED, UNKNOWN_CHANNEL, PERMISSION_DENIED, METHOD_NOT_FOUND = (
     100, 101, 102, 103, 104)
 ALREADY_SUBSCRIBED, LIMIT_EXCEEDED, BAD_REQUEST_ERROR, NOT_AVAILABLE, TOKEN_EXPIRED = (
     105, 106, 107, 108, 109)
-TOO_MANY_REQUESTS = 111
+TOO_MANY_REQUESTS, UNRECOVERABLE_POSITION = 111, 112
 
 # Unsubscribe push codes: below 2500 the SDK stays unsubscribed.
-UNSUBSCRIBE_PERMISSION = 2001
+UNSUBSCRIBE_SERVER = 2000
 
 
 class ReplyError(Exception):
@@ -100,6 +101,11 @@ def encode_pub_push(publication: Publication) -> bytes:
             + _publication_json(publication) + b"}}")
 
 
+def _push_bytes(publication: Publication) -> bytes:
+    """The pub push for C{publication}, encoded once and shared by every subscriber."""
+    return cast(bytes, publication.encoded("centrifuge-json", encode_pub_push))
+
+
 class _Subscription:
     __slots__ = ("channel", "join_leave", "pending", "position")
 
@@ -140,11 +146,20 @@ class CentrifugeWire:
         self.connected = False
         self.subscriptions: dict[str, _ChannelSubscriber] = {}
         self._bucket: TokenBucket | None = None
+        # While a frame is being handled, everything to send waits here, in
+        # order, and goes out as one frame: a reply always precedes the
+        # pushes that follow from it.
+        self._batch: list[bytes] | None = None
+        # A disconnect decided while handling a frame, done once its replies are out.
+        self._closing: tuple[int, str] | None = None
 
     # -- lifecycle ------------------------------------------------------------
 
-    def on_connect(self, request: ConnectionRequest) -> None:
-        return None  # the token comes with the connect command
+    def on_connect(self, request: ConnectionRequest) -> str | None:
+        # The token comes with the connect command.  JSON only: select the
+        # JSON subprotocol if asked for, since a client fails a handshake
+        # that does not echo the subprotocol it asked for.
+        return JSON_SUBPROTOCOL if JSON_SUBPROTOCOL in request.protocols else None
 
     def on_open(self) -> None:
         omega = self.omega
@@ -168,7 +183,16 @@ class CentrifugeWire:
         if is_binary:
             self._disconnect(BAD_REQUEST, "bad request")
             return
-        replies: list[bytes] = []
+        self._batch = []
+        try:
+            self._handle_frame(payload)
+        finally:
+            batch, self._batch = self._batch, None
+            self._write(batch)
+        if self._closing is not None:
+            self._disconnect(*self._closing)
+
+    def _handle_frame(self, payload: bytes) -> None:
         for line in payload.split(b"\n"):
             if not line.strip():
                 continue
@@ -177,7 +201,7 @@ class CentrifugeWire:
             except ValueError:
                 command = None
             if not isinstance(command, dict):
-                self._disconnect(BAD_REQUEST, "bad request")
+                self._closing = (BAD_REQUEST, "bad request")
                 return
             if not command:  # {}: the pong
                 self.protocol.info.ping_sent_at = None
@@ -185,14 +209,12 @@ class CentrifugeWire:
             try:
                 reply = self._dispatch(command)
             except Disconnect as e:
-                self._send(replies)
-                self._disconnect(e.code, e.reason)
+                self._closing = (e.code, e.reason)
                 return
             if isinstance(reply, Deferred):
                 reply.addCallback(lambda body: self._send([body] if body else []))
             elif reply is not None:
-                replies.append(reply)
-        self._send(replies)
+                self._batch.append(reply)  # type: ignore[union-attr]
 
     def _dispatch(self, command: dict[str, Any]) -> bytes | Deferred[bytes | None] | None:
         command_id = command.get("id", 0)
@@ -240,10 +262,17 @@ class CentrifugeWire:
                      client_id=self.protocol.info.client_id)
         return self._reply(command_id, method, ReplyError(INTERNAL, "internal server error"))
 
-    def _send(self, replies: list[bytes]) -> None:
+    def _send(self, messages: list[bytes]) -> None:
+        """Send now, or after the frame being handled: never ahead of earlier replies."""
+        if self._batch is not None:
+            self._batch.extend(messages)
+        else:
+            self._write(messages)
+
+    def _write(self, messages: list[bytes]) -> None:
         protocol = self.protocol
-        if replies and protocol.state == protocol.STATE_OPEN:
-            protocol.sendMessage(b"\n".join(replies), isBinary=False)
+        if messages and protocol.state == protocol.STATE_OPEN:
+            protocol.sendMessage(b"\n".join(messages), isBinary=False)
 
     def _disconnect(self, code: int, reason: str) -> None:
         protocol = self.protocol
@@ -297,7 +326,7 @@ class CentrifugeWire:
         info = self.protocol.info
         info.expires_at = identity.expires_at
         for channel in [c for c in self.subscriptions if not identity.allows(c)]:
-            self._server_unsubscribe(channel, UNSUBSCRIBE_PERMISSION, "permission denied")
+            self._server_unsubscribe(channel, UNSUBSCRIBE_SERVER, "permission denied")
         return {"client": info.client_id, "version": __version__, **self._expiry(identity)}
 
     # -- subscriptions ----------------------------------------------------------------
@@ -327,6 +356,7 @@ class CentrifugeWire:
         if recover:
             since = StreamPosition(str(body.get("epoch", "")), _offset(body.get("offset", 0)))
             d: Deferred[Any] = broker.recover(channel, since)
+            requested = since.offset
         else:
             d = broker.position(channel)
 
@@ -338,7 +368,11 @@ class CentrifugeWire:
             if isinstance(result, Recovery):
                 reply["was_recovering"] = True
                 reply["recovered"] = result.recovered
-                if not result.recovered:
+                if result.recovered:
+                    # As Centrifugo: the position the client sent; it advances
+                    # through the publications that come with the reply.
+                    reply["offset"] = requested
+                else:
                     omega.metrics.recovery_gaps.labels("centrifuge").inc()
                 missed = result.publications
             subscription.position = position
@@ -371,14 +405,17 @@ class CentrifugeWire:
         if (position is not None and publication.epoch == position.epoch
                 and publication.offset <= position.offset):
             return  # already in the subscribe reply
+        subscription.position = StreamPosition(publication.epoch, publication.offset)
+        if self._batch is not None:
+            self._batch.append(_push_bytes(publication))
+            return
         protocol = self.protocol
         if protocol.state == protocol.STATE_OPEN:
             prepared = publication.encoded("centrifuge", self._prepare_push)
             protocol.sendPreparedMessage(cast(PreparedMessage, prepared))
-            subscription.position = StreamPosition(publication.epoch, publication.offset)
 
     def _prepare_push(self, publication: Publication) -> PreparedMessage:
-        return self.omega.prepare(encode_pub_push(publication))
+        return self.omega.prepare(_push_bytes(publication))
 
     def handle_unsubscribe(self, body: dict[str, Any]) -> dict[str, Any]:
         channel = body.get("channel")
@@ -443,11 +480,19 @@ class CentrifugeWire:
             since = StreamPosition(str(since_body.get("epoch", "")),
                                    _offset(since_body.get("offset", 0)))
         reverse = bool(body.get("reverse"))
+        if reverse and since is not None and since.offset == 0:
+            raise ReplyError(BAD_REQUEST_ERROR, "bad request")
         # As Centrifugo: limit 0 asks for the position only, -1 for everything kept.
         wanted = None if limit < 0 else limit
-        d = self.omega.hub.broker.history(channel, since, wanted, reverse)
-        return d.addCallback(lambda result: _Raw(
-            {"epoch": result[1].epoch, "offset": result[1].offset}, result[0]))
+        broker = self.omega.hub.broker
+
+        def answer(result: tuple[list[Publication], StreamPosition]) -> _Raw:
+            publications, top = result
+            if since is not None and since.epoch and since.epoch != top.epoch:
+                raise ReplyError(UNRECOVERABLE_POSITION, "unrecoverable position")
+            return _Raw({"epoch": top.epoch, "offset": top.offset}, publications)
+
+        return broker.history(channel, since, wanted, reverse).addCallback(answer)
 
     def handle_presence(self, body: dict[str, Any]) -> dict[str, Any]:
         channel = self._channel(body)
@@ -487,13 +532,13 @@ class CentrifugeWire:
         self.protocol.close(NO_PONG, "no pong")
 
     def close_inactive(self) -> None:
-        self.protocol.close(DISCONNECT_CLOSED, "inactive client")
+        self.protocol.close(DISCONNECT_CLOSED, "connection closed")
 
     def close_replaced(self) -> None:
         self.protocol.close(FORCE_RECONNECT, "replaced")
 
     def close_expired(self) -> None:
-        self.protocol.close(EXPIRED, "expired")
+        self.protocol.close(EXPIRED, "connection expired")
 
     def close_for_shutdown(self) -> None:
         self.protocol.close(SHUTDOWN, "shutdown")

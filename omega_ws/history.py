@@ -127,7 +127,7 @@ class Streams:
         self._trim(stream, now)
         publications = [p for p, _ in stream.entries]
         if since is not None:
-            if since.epoch != stream.epoch:
+            if since.epoch and since.epoch != stream.epoch:
                 return []
             publications = [p for p in publications if p.offset > since.offset]
         if reverse:
@@ -145,7 +145,9 @@ class Streams:
         stream = self._stream(channel, now)
         self._trim(stream, now)
         position = StreamPosition(stream.epoch, stream.offset)
-        if since.epoch != stream.epoch or since.offset > stream.offset:
+        # An empty epoch means "whatever the current one is", as in Centrifugo.
+        epoch = since.epoch or stream.epoch
+        if epoch != stream.epoch or since.offset > stream.offset:
             return Recovery(False, [], position)
         missed = stream.offset - since.offset
         if missed == 0:

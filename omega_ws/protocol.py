@@ -75,8 +75,11 @@ class Wire(Protocol):
 
     transport_name: str
 
-    def on_connect(self, request: ConnectionRequest) -> Deferred[None] | None:
-        """Check the handshake; raise ConnectionDeny to refuse it."""
+    def on_connect(self, request: ConnectionRequest) -> Deferred[None] | str | None:
+        """
+        Check the handshake; raise ConnectionDeny to refuse it.  Returns the
+        subprotocol to select, or a Deferred that fires when the checks are done.
+        """
 
     def on_open(self) -> None: ...
 
@@ -141,7 +144,7 @@ class OmegaProtocol(WebSocketServerProtocol):
     # Autobahn takes a Deferred from onConnect too (txaio.as_future).
     def onConnect(  # type: ignore[override]
         self, request: ConnectionRequest
-    ) -> Deferred[None] | None:
+    ) -> Deferred[None] | str | None:
         try:
             omega = self.omega
             server = omega.config.server
@@ -162,7 +165,7 @@ class OmegaProtocol(WebSocketServerProtocol):
         except Exception:
             _log.failure("onConnect failed for {peer}", peer=request.peer)
             raise ConnectionDeny(500, "Internal Server Error") from None
-        if result is not None:
+        if isinstance(result, Deferred):
             result.addErrback(self._connect_failed, request.peer)
         return result
 
@@ -230,6 +233,9 @@ class OmegaProtocol(WebSocketServerProtocol):
     def close_expired(self) -> None:
         if self.wire is not None:
             self.wire.close_expired()
+
+    def close_with(self, code: int, reason: str) -> None:
+        self.close(code, reason)
 
     def close_for_shutdown(self) -> None:
         if self.wire is not None and self.state == self.STATE_OPEN:

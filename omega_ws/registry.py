@@ -103,6 +103,9 @@ class Connection(Protocol):
     def close_expired(self) -> None:
         """Close because its token expired (and, for Centrifuge, was not refreshed)."""
 
+    def close_with(self, code: int, reason: str) -> None:
+        """Close with an application code (3000-4999), e.g. on the API's request."""
+
     def abort(self) -> None:
         """Drop the TCP connection without further ado."""
 

@@ -21,7 +21,8 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from . import systemd
-from .admin import make_admin_site, publish_method
+from .admin import make_admin_site
+from .api import api_methods, new_node_id
 from .auth import TokenVerifier
 from .broker import Publication, make_broker
 from .config import Config, load_config
@@ -133,11 +134,10 @@ class OmegaService(MultiService):
                 f"tcp:{config.server.testee_port}:interface={_quote(config.server.host)}",
                 EchoFactory(config)))
         self.started_at = 0.0
+        self.node_id = new_node_id()
         self.admin: ListenerService | None = None
         if config.admin.enabled:
-            site = make_admin_site(self.problems, self.metrics.render,
-                                   {"publish": publish_method(self.publish),
-                                    "info": self._api_info},
+            site = make_admin_site(self.problems, self.metrics.render, api_methods(self),
                                    config.admin.api_key)
             self.admin = ListenerService(
                 reactor, "admin.port", "http",
@@ -229,16 +229,6 @@ class OmegaService(MultiService):
         payload = text.encode("utf-8")
         self.metrics.messages_published.labels("api").inc()
         return self.hub.publish(channel, payload)
-
-    def _api_info(self, body: dict[str, Any]) -> dict[str, Any]:
-        from ._version import __version__
-        return {"nodes": [{
-            "name": "omega-ws",
-            "version": __version__,
-            "num_clients": len(self.registry),
-            "num_channels": len(self.hub.channels()),
-            "uptime": int(self.reactor.seconds() - self.started_at),
-        }]}
 
 
 def _is_loopback(host: str) -> bool:

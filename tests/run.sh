@@ -8,6 +8,8 @@ python=${PYTHON:-python3}
 [ -x .venv/bin/python ] || "$python" -m venv .venv
 .venv/bin/python -m pip install --quiet --disable-pip-version-check --upgrade pip
 .venv/bin/python -m pip install --quiet --disable-pip-version-check '.[test]'
+# The npm centrifuge SDK that the end-to-end tests drive through Node.
+npm ci --prefix tests/js --no-audit --no-fund --loglevel=error
 echo "== ruff"
 .venv/bin/ruff check omega_ws tests twisted
 echo "== mypy"
