@@ -8,6 +8,7 @@ L{makeService} (a Twisted service) or L{start_server} / L{stop_server}.
 
 from ._version import __version__
 from .broker import Publication
+from .centrifuge import ReplyError
 from .config import Config, ConfigError, load_config
 from .registry import ClientInfo, ConnectionState
 from .service import Server, StartupError, makeService, start_server, stop_server
@@ -18,6 +19,7 @@ __all__ = [
     "ConfigError",
     "ConnectionState",
     "Publication",
+    "ReplyError",
     "Server",
     "StartupError",
     "__version__",

@@ -417,7 +417,7 @@ def _validate(config: Config) -> None:
         )
     _validate_tls(s)
     if config.auth.token_public_key is not None:
-        _readable("auth.token_public_key", config.auth.token_public_key)
+        _validate_public_key(config.auth.token_public_key)
     _validate_listen(s.listen)
 
 
@@ -436,6 +436,16 @@ def _readable(key: str, path: str) -> bytes:
         return Path(path).read_bytes()
     except OSError as e:
         raise ConfigError(f"{key}: cannot read {path} ({e.strerror})") from None
+
+
+def _validate_public_key(path: str) -> None:
+    from cryptography.hazmat.primitives.serialization import load_pem_public_key
+
+    try:
+        load_pem_public_key(_readable("auth.token_public_key", path))
+    except ValueError as e:
+        raise ConfigError(
+            f"auth.token_public_key: {path} is not a PEM public key ({e})") from None
 
 
 def _validate_tls(s: ServerConfig) -> None:

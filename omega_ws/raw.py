@@ -133,13 +133,16 @@ class RawWire:
             self.session = Session(self.client_id, user=self.identity.user)
             return None
         reconnect = omega.config.reconnect
-        admission = admit(session, omega.clock.seconds(), reconnect.delay, reconnect.max_attempts)
+        now = omega.clock.seconds()
+        already_blocked = now < session.blocked_until
+        admission = admit(session, now, reconnect.delay, reconnect.max_attempts)
         stored = omega.hub.broker.sessions.put(session, reconnect.session_ttl)
         if not admission.allowed:
-            _log.warn(
-                "client {client_id} ERROR: reconnecting too often, refused for {retry_after} s",
-                client_id=self.client_id, retry_after=admission.retry_after)
-            omega.metrics.transitions.labels(ConnectionState.ERROR.value).inc()
+            if not already_blocked:  # this reconnect tripped the threshold
+                _log.warn("client {client_id} ERROR: reconnecting too often, refused for "
+                          "{retry_after} s", client_id=self.client_id,
+                          retry_after=admission.retry_after)
+                omega.metrics.transitions.labels(ConnectionState.ERROR.value).inc()
             raise self.protocol.refuse_reconnects(admission.retry_after)
         self.session = session
         return stored

@@ -28,7 +28,7 @@ from .broker import Publication, make_broker
 from .config import Config, load_config
 from .hub import Hub
 from .metrics import Metrics
-from .protocol import EchoFactory, OmegaServerFactory
+from .protocol import EchoFactory, OmegaServerFactory, RpcHandler
 from .registry import Registry
 from .timers import HeartbeatService, MonitorService
 
@@ -275,6 +275,15 @@ class Server:
 
     def publish(self, channel: str, data: Any) -> Deferred[Publication]:
         return self.service.publish(channel, data)
+
+    def register_rpc(self, method: str, handler: RpcHandler) -> None:
+        """
+        Answer the Centrifuge protocol's C{rpc} command for C{method}:
+        C{handler(client_info, data)} returns the reply data (any JSON
+        value) or a Deferred of it; raising C{ReplyError} sends that error.
+        Methods without a handler answer error 108 (not available).
+        """
+        self.service.factory.rpc_handlers[method] = handler
 
     def stop(self) -> Deferred[None]:
         """Stop as on SIGTERM: clients get 1001 "going away"; fires when all is closed."""
