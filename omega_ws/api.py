@@ -113,8 +113,12 @@ def api_methods(service: OmegaService) -> dict[str, ApiMethod]:
         since_body = _field(body, "since", dict, required=False)
         since = None
         if since_body is not None:
-            since = StreamPosition(str(since_body.get("epoch", "")),
-                                   int(since_body.get("offset", 0)))
+            offset = since_body.get("offset", 0)
+            epoch = since_body.get("epoch", "")
+            if (not isinstance(offset, int) or isinstance(offset, bool) or offset < 0
+                    or not isinstance(epoch, str)):
+                raise ApiError(BAD_REQUEST, "bad request: since must be {offset, epoch}", 400)
+            since = StreamPosition(epoch, offset)
         reverse = bool(body.get("reverse"))
         # As Centrifugo: no limit or 0 gives the position only; -1 everything kept.
         wanted = 0 if not limit else (None if limit < 0 else limit)

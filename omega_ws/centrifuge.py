@@ -107,13 +107,15 @@ def _push_bytes(publication: Publication) -> bytes:
 
 
 class _Subscription:
-    __slots__ = ("channel", "join_leave", "pending", "position")
+    __slots__ = ("channel", "join_leave", "pending", "position", "ready")
 
     def __init__(self, channel: str, join_leave: bool) -> None:
         self.channel = channel
         self.join_leave = join_leave
-        # Live publications held back while the subscribe reply is being made.
+        # Live publications held back until the subscribe reply is out
+        # (None once it is); the SDKs drop pushes for a channel before that.
         self.pending: list[Publication] | None = []
+        self.ready = False  # the reply is made
         self.position: StreamPosition | None = None
 
 
@@ -212,7 +214,7 @@ class CentrifugeWire:
                 self._closing = (e.code, e.reason)
                 return
             if isinstance(reply, Deferred):
-                reply.addCallback(lambda body: self._send([body] if body else []))
+                reply.addCallback(self._send_reply)
             elif reply is not None:
                 self._batch.append(reply)  # type: ignore[union-attr]
 
@@ -262,6 +264,17 @@ class CentrifugeWire:
                      client_id=self.protocol.info.client_id)
         return self._reply(command_id, method, ReplyError(INTERNAL, "internal server error"))
 
+    def _send_reply(self, reply: bytes | None) -> None:
+        if reply:
+            self._send([reply])
+        # Publications held back during a subscribe go out after its reply.
+        for subscriber in list(self.subscriptions.values()):
+            subscription = subscriber.subscription
+            if subscription.ready and subscription.pending is not None:
+                held, subscription.pending = subscription.pending, None
+                for publication in held:
+                    self.deliver(subscription, publication)
+
     def _send(self, messages: list[bytes]) -> None:
         """Send now, or after the frame being handled: never ahead of earlier replies."""
         if self._batch is not None:
@@ -275,10 +288,11 @@ class CentrifugeWire:
             protocol.sendMessage(b"\n".join(messages), isBinary=False)
 
     def _disconnect(self, code: int, reason: str) -> None:
-        protocol = self.protocol
-        if code >= 3500 and code != INVALID_TOKEN or code == BAD_REQUEST:
-            protocol.info.error_count += 1
-        protocol.close(code, reason)
+        if code in (BAD_REQUEST, INVALID_TOKEN):
+            # The client's fault: counted, and its entry ends in ERROR.
+            self.protocol.reject(code, reason, reason.replace(" ", "_"))
+        else:
+            self.protocol.close(code, reason)
 
     # -- connect, refresh ---------------------------------------------------------
 
@@ -376,8 +390,8 @@ class CentrifugeWire:
                     omega.metrics.recovery_gaps.labels("centrifuge").inc()
                 missed = result.publications
             subscription.position = position
+            subscription.ready = True
             self._announce(subscriber, "join")
-            self._release(subscription, position)
             # The publications keep their bytes: spliced into the reply as JSON text.
             return _Raw(reply, missed)
 
@@ -386,16 +400,6 @@ class CentrifugeWire:
             return failure
 
         return d.addCallbacks(answer, failed)
-
-    def _release(self, subscription: _Subscription, position: StreamPosition) -> None:
-        """After the subscribe reply, send what arrived meanwhile and is newer."""
-        held, subscription.pending = subscription.pending or [], None
-        if held:
-            self.omega.clock.callLater(0, self._flush_held, subscription, held)
-
-    def _flush_held(self, subscription: _Subscription, held: list[Publication]) -> None:
-        for publication in held:
-            self.deliver(subscription, publication)
 
     def deliver(self, subscription: _Subscription, publication: Publication) -> None:
         if subscription.pending is not None:

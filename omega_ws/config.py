@@ -416,6 +416,8 @@ def _validate(config: Config) -> None:
             f"broker.url: {config.broker.url!r} is not supported (this version has memory://)"
         )
     _validate_tls(s)
+    if config.auth.token_secret is not None and not config.auth.token_secret:
+        raise ConfigError("auth.token_secret: must not be empty (leave it unset instead)")
     if config.auth.token_public_key is not None:
         _validate_public_key(config.auth.token_public_key)
     _validate_listen(s.listen)

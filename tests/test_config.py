@@ -150,7 +150,7 @@ def test_toml_paths_resolve_against_the_config_file(
 ) -> None:
     etc = tmp_path / "etc"
     cert, key = write_pair(etc / "tls")
-    (etc / "jwt.pem").write_text("public key")
+    (etc / "jwt.pem").write_bytes(rsa_public_pem())
     path = write_toml(etc, "[server]\ncert = 'tls/cert.pem'\nkey = 'tls/key.pem'\n"
                            "[auth]\ntoken_public_key = 'jwt.pem'\n")
     elsewhere = tmp_path / "elsewhere"
@@ -322,3 +322,24 @@ def test_valid_listen_strings(tmp_path: Path) -> None:
 def test_empty_admin_host_is_refused() -> None:
     with pytest.raises(ConfigError, match=r"^admin\.host: must not be empty$"):
         Config.from_mapping({"admin": {"host": ""}})
+
+
+def rsa_public_pem() -> bytes:
+    from cryptography.hazmat.primitives import serialization
+    from cryptography.hazmat.primitives.asymmetric import rsa
+
+    key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    return key.public_key().public_bytes(
+        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
+
+
+def test_token_public_key_must_be_a_pem_public_key(tmp_path: Path) -> None:
+    bad = tmp_path / "not-a-key.pem"
+    bad.write_text("public key")
+    with pytest.raises(ConfigError) as error:
+        Config.from_mapping({"auth": {"token_public_key": str(bad)}})
+    assert_one_line(error, "auth.token_public_key:")
+    good = tmp_path / "key.pem"
+    good.write_bytes(rsa_public_pem())
+    config = Config.from_mapping({"auth": {"token_public_key": str(good)}})
+    assert config.auth.anonymous_allowed is False
