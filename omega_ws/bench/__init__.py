@@ -1,0 +1,1 @@
+"""The benchmark: C{python -m omega_ws.bench}; see C{__main__}."""

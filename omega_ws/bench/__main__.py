@@ -1,0 +1,287 @@
+"""
+C{python -m omega_ws.bench}: omega-ws and its peers, side by side, in one run.
+
+Each server runs as its own process on 127.0.0.1 and is driven by the same
+Node load generator (C{loadgen.js}, with the C{ws} package: a Python client
+would be the bottleneck on two cores).  Server CPU comes from the server
+process's own counters (C{/proc/PID/stat}), so a saturated generator
+cannot fake it; the generator's own CPU is reported too.
+
+  - fan-out: N subscribers on one channel, one publisher, 100-byte JSON,
+    closed loop with W messages in flight (W=20 throughput, W=1 latency):
+    deliveries/s, server CPU per delivery, publish-to-delivery p50/p99;
+  - idle memory: RSS growth per idle connection;
+  - handshakes/s for many connections opened concurrently.
+
+Linux only (it reads /proc).  Needs Node.js and npm (C{ws} is installed
+into a cache folder on first use) and the C{websockets} package.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+HERE = Path(__file__).resolve().parent
+CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
+SERVERS = ("omega-ws", "websockets", "autobahn")
+
+
+def fail(message: str) -> None:
+    sys.stderr.write(f"omega-ws bench: error: {message}\n")
+    raise SystemExit(1)
+
+
+def loadgen_dir() -> Path:
+    """The load generator with its node_modules, installed once into a cache folder."""
+    if shutil.which("node") is None or shutil.which("npm") is None:
+        fail("Node.js and npm are needed for the load generator")
+    cache = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "omega-ws-loadgen"
+    cache.mkdir(parents=True, exist_ok=True)
+    for name in ("loadgen.js", "package.json", "package-lock.json"):
+        shutil.copyfile(HERE / name, cache / name)
+    if not (cache / "node_modules" / "ws").exists():
+        subprocess.run(["npm", "ci", "--no-audit", "--no-fund", "--loglevel=error"], cwd=cache,
+                       check=True, stdout=subprocess.DEVNULL)
+    return cache
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def cpu_seconds(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / CLOCK_TICKS  # utime + stime
+
+
+def rss_kib(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1])
+    return 0
+
+
+@contextmanager
+def server(kind: str, workdir: Path) -> Iterator[tuple[int, int]]:
+    """Start a server; yields (pid, port); always stops it."""
+    port = free_port()
+    if kind == "omega-ws":
+        config = workdir / "omega-ws.toml"
+        config.write_text(
+            "[server]\nhost = '127.0.0.1'\nport = %d\nmax_connections = 20000\nbacklog = 4096\n"
+            "[admin]\nenabled = false\n[log]\nlevel = 'warn'\n" % port)
+        command = [sys.executable, "-m", "omega_ws", "--config", str(config)]
+    else:
+        command = [sys.executable, "-m", "omega_ws.bench.peers", kind, str(port)]
+    # Its output goes to a file: a pipe nobody reads would stall it once full.
+    log = (workdir / f"{kind}.log").open("wb")
+    process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT)
+    try:
+        deadline = time.monotonic() + 20
+        while True:
+            if process.poll() is not None:
+                output = (workdir / f"{kind}.log").read_text(errors="replace")[-500:]
+                fail(f"{kind} did not start: {output}")
+            try:
+                socket.create_connection(("127.0.0.1", port), timeout=1).close()
+                break
+            except OSError:
+                if time.monotonic() > deadline:
+                    fail(f"{kind} did not listen within 20 s")
+                time.sleep(0.1)
+        yield process.pid, port
+    finally:
+        process.terminate()
+        try:
+            process.wait(10)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+        log.close()
+
+
+def loadgen(directory: Path, *args: object, on_event: Any = None,
+            timeout: float = 240) -> dict[str, Any]:
+    """Run the generator; call C{on_event} for each line; return its result line."""
+    command = ["node", str(directory / "loadgen.js"), *map(str, args)]
+    process = subprocess.Popen(command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    assert process.stdout is not None and process.stdin is not None
+    result: dict[str, Any] = {}
+    deadline = time.monotonic() + timeout
+    try:
+        for line in process.stdout:
+            event = json.loads(line)
+            if event["event"] == "error":
+                fail(f"load generator: {event['error']}")
+            if on_event is not None and on_event(event, process):
+                process.stdin.close()
+            if event["event"] == "result":
+                result = event
+            if time.monotonic() > deadline:
+                fail("load generator time limit")
+    finally:
+        if process.poll() is None:
+            process.kill()
+        process.wait()
+    return result
+
+
+def fanout(directory: Path, pid: int, port: int, subscribers: int, window: int,
+           seconds: float, warmup: float) -> dict[str, Any]:
+    marks: dict[str, float] = {}
+
+    def mark(event: dict[str, Any], _: Any) -> bool:
+        if event["event"] in ("measuring", "measured"):
+            marks[event["event"]] = cpu_seconds(pid)
+        return False
+
+    result = loadgen(directory, "fanout", f"ws://127.0.0.1:{port}/bench", subscribers, window,
+                     seconds, 100, warmup, on_event=mark)
+    server_cpu = marks["measured"] - marks["measuring"]
+    deliveries = result["deliveries"]
+    return {
+        "deliveries_per_s": result["deliveries_per_s"],
+        "cpu_us_per_delivery": server_cpu / deliveries * 1e6 if deliveries else None,
+        "server_cpu_share": server_cpu / result["seconds"],
+        "p50_ms": result["p50_us"] / 1000 if result["p50_us"] is not None else None,
+        "p99_ms": result["p99_us"] / 1000 if result["p99_us"] is not None else None,
+        "loadgen_cpu_share": result["loadgen_cpu_s"] / result["seconds"],
+    }
+
+
+def idle_memory(directory: Path, pid: int, port: int, connections: int) -> dict[str, Any]:
+    time.sleep(0.5)
+    before = rss_kib(pid)
+    grown: dict[str, int] = {}
+
+    def measure(event: dict[str, Any], _: Any) -> bool:
+        if event["event"] == "open":
+            time.sleep(1.0)  # let the server settle
+            grown["kib"] = rss_kib(pid) - before
+            return True  # close stdin: the generator lets go
+        return False
+
+    loadgen(directory, "idle", f"ws://127.0.0.1:{port}/idle", connections, on_event=measure)
+    return {"kib_per_connection": grown["kib"] / connections}
+
+
+def handshakes(directory: Path, port: int, connections: int) -> dict[str, Any]:
+    result = loadgen(directory, "handshakes", f"ws://127.0.0.1:{port}/hs", connections, 500)
+    return {"handshakes_per_s": result["handshakes_per_s"],
+            "loadgen_cpu_share": result["loadgen_cpu_s"] / result["seconds"]}
+
+
+def measure(kind: str, directory: Path, workdir: Path, args: argparse.Namespace
+            ) -> dict[str, Any]:
+    results: dict[str, Any] = {}
+    with server(kind, workdir) as (pid, port):
+        for window in (20, 1):
+            sys.stderr.write(f"  {kind}: fan-out, {args.subscribers} subscribers, W={window}\n")
+            results[f"w{window}"] = fanout(directory, pid, port, args.subscribers, window,
+                                           args.seconds, args.warmup)
+    with server(kind, workdir) as (pid, port):
+        sys.stderr.write(f"  {kind}: {args.connections} idle connections\n")
+        results["idle"] = idle_memory(directory, pid, port, args.connections)
+    with server(kind, workdir) as (pid, port):
+        sys.stderr.write(f"  {kind}: {args.connections} handshakes\n")
+        results["handshakes"] = handshakes(directory, port, args.connections)
+    return results
+
+
+ROWS = [
+    ("fan-out W=20: deliveries/s", "w20", "deliveries_per_s", "{:,.0f}"),
+    ("fan-out W=20: server CPU µs/delivery", "w20", "cpu_us_per_delivery", "{:.2f}"),
+    ("fan-out W=20: p50 / p99 ms", "w20", ("p50_ms", "p99_ms"), "{:.1f} / {:.1f}"),
+    ("fan-out W=20: load generator CPU", "w20", "loadgen_cpu_share", "{:.0%}"),
+    ("fan-out W=1: deliveries/s", "w1", "deliveries_per_s", "{:,.0f}"),
+    ("fan-out W=1: server CPU µs/delivery", "w1", "cpu_us_per_delivery", "{:.2f}"),
+    ("fan-out W=1: p50 / p99 ms", "w1", ("p50_ms", "p99_ms"), "{:.2f} / {:.2f}"),
+    ("idle: RSS KiB/connection", "idle", "kib_per_connection", "{:.1f}"),
+    ("handshakes/s", "handshakes", "handshakes_per_s", "{:,.0f}"),
+]
+
+
+def table(results: dict[str, dict[str, Any]]) -> str:
+    kinds = list(results)
+    width = max(len(r[0]) for r in ROWS) + 2
+    lines = ["".ljust(width) + "".join(k.rjust(22) for k in kinds)]
+    for label, section, key, fmt in ROWS:
+        cells = []
+        for kind in kinds:
+            values = results[kind][section]
+            keys = key if isinstance(key, tuple) else (key,)
+            numbers = [values.get(k) for k in keys]
+            cells.append("n/a" if None in numbers else fmt.format(*numbers))
+        lines.append(label.ljust(width) + "".join(c.rjust(22) for c in cells))
+    return "\n".join(lines)
+
+
+def chart(results: dict[str, dict[str, Any]], path: Path) -> None:
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        sys.stderr.write("no chart: pip install matplotlib\n")
+        return
+    metrics = [("µs CPU/delivery W=20", "w20", "cpu_us_per_delivery"),
+               ("µs CPU/delivery W=1", "w1", "cpu_us_per_delivery"),
+               ("p99 ms W=1", "w1", "p99_ms"),
+               ("KiB/idle connection", "idle", "kib_per_connection")]
+    figure, axes = plt.subplots(1, len(metrics), figsize=(4 * len(metrics), 3.5))
+    for axis, (title, section, key) in zip(axes, metrics, strict=True):
+        kinds = list(results)
+        axis.bar(kinds, [results[k][section][key] or 0 for k in kinds])
+        axis.set_title(title)
+        axis.tick_params(axis="x", rotation=20)
+    figure.tight_layout()
+    figure.savefig(path)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m omega_ws.bench", description=__doc__.split(
+        "\n\n")[0].strip(), formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--subscribers", type=int, default=1000)
+    parser.add_argument("--seconds", type=float, default=8.0, help="measured time per run")
+    parser.add_argument("--warmup", type=float, default=2.0)
+    parser.add_argument("--connections", type=int, default=5000,
+                        help="for idle memory and handshakes")
+    parser.add_argument("--servers", default=",".join(SERVERS),
+                        help="comma-separated, from: " + ", ".join(SERVERS))
+    parser.add_argument("--json", type=Path, help="also write the figures here")
+    parser.add_argument("--png", type=Path, help="also draw a chart (needs matplotlib)")
+    args = parser.parse_args(argv)
+    kinds = [k.strip() for k in args.servers.split(",") if k.strip()]
+    if unknown := [k for k in kinds if k not in SERVERS]:
+        fail(f"unknown server {unknown[0]!r} (choose from {', '.join(SERVERS)})")
+    directory = loadgen_dir()
+    results: dict[str, dict[str, Any]] = {}
+    with tempfile.TemporaryDirectory() as workdir:
+        for kind in kinds:
+            results[kind] = measure(kind, directory, Path(workdir), args)
+    sys.stdout.write(f"{os.cpu_count()} CPUs, Python {sys.version.split()[0]}, "
+                     f"{args.subscribers} subscribers, {args.connections} connections\n")
+    sys.stdout.write(table(results) + "\n")
+    if args.json:
+        args.json.write_text(json.dumps(results, indent=2))
+    if args.png:
+        chart(results, args.png)
+
+
+if __name__ == "__main__":
+    main()
