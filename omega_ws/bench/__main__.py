@@ -82,8 +82,8 @@ def server(kind: str, workdir: Path) -> Iterator[tuple[int, int]]:
     if kind == "omega-ws":
         config = workdir / "omega-ws.toml"
         config.write_text(
-            "[server]\nhost = '127.0.0.1'\nport = %d\nmax_connections = 20000\nbacklog = 4096\n"
-            "[admin]\nenabled = false\n[log]\nlevel = 'warn'\n" % port)
+            f"[server]\nhost = '127.0.0.1'\nport = {port}\nmax_connections = 20000\n"
+            "backlog = 4096\n[admin]\nenabled = false\n[log]\nlevel = 'warn'\n")
         command = [sys.executable, "-m", "omega_ws", "--config", str(config)]
     else:
         command = [sys.executable, "-m", "omega_ws.bench.peers", kind, str(port)]

@@ -88,8 +88,8 @@ def run_autobahn(port: int) -> None:
     factory = WebSocketServerFactory()
     factory.protocol = Protocol
     factory.setProtocolOptions(autoPingInterval=20, autoPingTimeout=10)
-    reactor.listenTCP(port, factory, backlog=1024, interface="127.0.0.1")  # type: ignore[attr-defined]
-    reactor.run()  # type: ignore[attr-defined]
+    reactor.listenTCP(port, factory, backlog=1024, interface="127.0.0.1")
+    reactor.run()
 
 
 if __name__ == "__main__":
