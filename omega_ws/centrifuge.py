@@ -92,8 +92,13 @@ def _compact(value: Any) -> bytes:
 
 
 def _publication_json(publication: Publication) -> bytes:
-    """C{{"data": <as published>, "offset": N}}; the data bytes are never re-encoded."""
-    return b'{"data":' + publication.data + b',"offset":' + str(publication.offset).encode() + b"}"
+    """
+    C{{"data": <as published>, "offset": N}}; the data is not re-encoded,
+    but line feeds (whitespace between JSON tokens: never inside a string)
+    become spaces, since the SDKs split frames on them.
+    """
+    data = publication.data.replace(b"\n", b" ")
+    return b'{"data":' + data + b',"offset":' + str(publication.offset).encode() + b"}"
 
 
 def encode_pub_push(publication: Publication) -> bytes:
@@ -283,9 +288,8 @@ class CentrifugeWire:
             self._write(messages)
 
     def _write(self, messages: list[bytes]) -> None:
-        protocol = self.protocol
-        if messages and protocol.state == protocol.STATE_OPEN:
-            protocol.sendMessage(b"\n".join(messages), isBinary=False)
+        if messages:
+            self.protocol.send_text(b"\n".join(messages))
 
     def _disconnect(self, code: int, reason: str) -> None:
         if code in (BAD_REQUEST, INVALID_TOKEN):
@@ -316,7 +320,8 @@ class CentrifugeWire:
     def _expiry(self, identity: Identity) -> dict[str, Any]:
         if identity.expires_at is None:
             return {}
-        ttl = max(1, math.ceil(identity.expires_at - self.omega.clock.seconds()))
+        # Rounded down, as Centrifugo does: the SDK refreshes at ttl, before exp.
+        ttl = max(1, math.floor(identity.expires_at - self.omega.clock.seconds()))
         return {"expires": True, "ttl": ttl}
 
     def handle_connect(self, body: dict[str, Any]) -> dict[str, Any]:
@@ -413,10 +418,14 @@ class CentrifugeWire:
         if self._batch is not None:
             self._batch.append(_push_bytes(publication))
             return
-        protocol = self.protocol
-        if protocol.state == protocol.STATE_OPEN:
-            prepared = publication.encoded("centrifuge", self._prepare_push)
-            protocol.sendPreparedMessage(cast(PreparedMessage, prepared))
+        prepared = publication.encoded("centrifuge", self._prepare_push)
+        self.protocol.send_prepared(cast(PreparedMessage, prepared))
+
+    def written(self, mark: object) -> None:
+        return None  # the SDKs keep their own stream positions
+
+    def close_slow(self) -> None:
+        self.protocol.drop_slow(SLOW, "slow")
 
     def _prepare_push(self, publication: Publication) -> PreparedMessage:
         return self.omega.prepare(_push_bytes(publication))
@@ -528,7 +537,7 @@ class CentrifugeWire:
 
     def send_heartbeat(self) -> None:
         if self.connected:
-            self.protocol.sendMessage(b"{}", isBinary=False)
+            self.protocol.send_prepared(self.omega.ping_frame)
         else:
             self.protocol.info.ping_sent_at = None  # not connected yet: nothing to answer
 

@@ -91,6 +91,9 @@ class AuthConfig:
     token_public_key: str | None = None
     # None means "derived": anonymous access is allowed when no token key is set.
     allow_anonymous: bool | None = None
+    # How long past its token's exp a Centrifuge connection may stay without a
+    # refresh before it is closed with 3005 (Centrifugo's client_expired_close_delay).
+    expired_close_delay: float = 25.0
 
     @property
     def anonymous_allowed(self) -> bool:
@@ -397,6 +400,7 @@ def _validate(config: Config) -> None:
     _at_least("reconnect.max_attempts", config.reconnect.max_attempts, 0)
     _at_least("reconnect.delay", config.reconnect.delay, 0)
     _at_least("reconnect.session_ttl", config.reconnect.session_ttl, 0)
+    _at_least("auth.expired_close_delay", config.auth.expired_close_delay, 0)
     _at_least("channels.history_size", config.channels.history_size, 0)
     _at_least("channels.history_ttl", config.channels.history_ttl, 0)
     if not valid_channel(config.channels.default):

@@ -25,7 +25,7 @@ from autobahn.websocket.compress import (
 from autobahn.websocket.protocol import PreparedMessage
 from autobahn.websocket.types import ConnectionDeny, ConnectionRequest
 from twisted.internet.defer import Deferred, succeed
-from twisted.internet.interfaces import IDelayedCall, IReactorTime
+from twisted.internet.interfaces import IConsumer, IDelayedCall, IReactorTime, ITransport
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
@@ -34,6 +34,7 @@ from .config import Config
 from .history import Publication
 from .hub import Hub
 from .metrics import Metrics
+from .outbox import FlushScheduler, Outbox
 from .registry import ClientInfo, ConnectionState, Registry
 
 __all__ = ["OmegaProtocol", "OmegaServerFactory", "Wire", "parse_json_object"]
@@ -89,6 +90,12 @@ class Wire(Protocol):
 
     def on_close(self, was_clean: bool, close_code: int) -> None: ...
 
+    def written(self, mark: Any) -> None:
+        """The last frame queued with C{mark} went to the transport."""
+
+    def close_slow(self) -> None:
+        """Close a slow consumer with the wire format's code."""
+
     def send_heartbeat(self) -> None: ...
 
     def close_inactive(self) -> None: ...
@@ -110,6 +117,7 @@ class OmegaProtocol(WebSocketServerProtocol):
 
     info: ClientInfo
     wire: Wire | None = None
+    outbox: Outbox | None = None
     _ip: str | None = None
     _retry_after: int | None = None
     _error_counted = False
@@ -180,6 +188,13 @@ class OmegaProtocol(WebSocketServerProtocol):
     def onOpen(self) -> None:
         try:
             assert self.wire is not None
+            omega = self.omega
+            transport = cast(IConsumer, self.transport)
+            self.outbox = Outbox(cast(ITransport, transport), omega.flusher,
+                                 omega.config.server.max_queue_size, self._slow_consumer,
+                                 self.wire.written)
+            # The transport pauses the outbox when its own buffer is full.
+            transport.registerProducer(self.outbox, True)
             self.wire.on_open()
         except Exception:
             _log.failure("onOpen failed for {peer}", peer=self.peer)
@@ -200,6 +215,47 @@ class OmegaProtocol(WebSocketServerProtocol):
         self.info.last_message = self.omega.clock.seconds()
         assert self.wire is not None
         self.wire.on_pong()
+
+    # -- output: one write per connection per reactor turn --------------------
+
+    def send_prepared(self, prepared: PreparedMessage, mark: Any = None) -> None:
+        """Queue a frame made once for many connections (see L{Outbox})."""
+        if self.state != self.STATE_OPEN:
+            return
+        outbox = self.outbox
+        if outbox is not None and self._perMessageCompress is None:
+            outbox.put(prepared.payloadHybi, mark)
+        else:  # compression negotiated: Autobahn compresses per connection
+            self.flush_output()
+            self.sendPreparedMessage(prepared)
+
+    def send_text(self, payload: bytes) -> None:
+        """Queue one text message for this connection only."""
+        self.send_prepared(self.omega.prepare(payload))
+
+    def flush_output(self) -> None:
+        if self.outbox is not None:
+            self.outbox.flush()
+
+    def sendCloseFrame(self, code: int | None = None, reasonUtf8: bytes | None = None,
+                       isReply: bool = False) -> None:
+        # What was queued before the close goes out before it.
+        self.flush_output()
+        super().sendCloseFrame(code, reasonUtf8, isReply)
+
+    def _slow_consumer(self) -> None:
+        omega = self.omega
+        omega.metrics.slow_consumer_drops.inc()
+        _log.warn("client {client_id} is a slow consumer: more than {limit} bytes unsent; "
+                  "closing it", client_id=self.info.client_id,
+                  limit=omega.config.server.max_queue_size)
+        self.wasNotCleanReason = "slow consumer"
+        if self.wire is not None:
+            self.wire.close_slow()
+
+    def drop_slow(self, code: int, reason: str) -> None:
+        """Close a slow consumer: its entry ends in ERROR; nothing more is queued."""
+        self._fail_connection(code, reason)
 
     def reject(self, code: int, reason: str, metric_reason: str) -> None:
         """Close for bad input: counted, and the entry ends in ERROR."""
@@ -308,6 +364,8 @@ class OmegaServerFactory(WebSocketServerFactory):
         self.rpc_handlers: dict[str, RpcHandler] = {}
         # Every connection with a transport, handshake done or not.
         self.connections: set[OmegaProtocol] = set()
+        self.flusher = FlushScheduler(clock)
+        self.ping_frame = self.prepare(b"{}")  # the Centrifuge server ping, framed once
         self.per_ip: dict[str, int] = {}
         self._origins = _origin_pattern(config.server.allowed_origins)
         self._drained: Deferred[None] | None = None

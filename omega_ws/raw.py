@@ -47,7 +47,7 @@ _log = Logger()
 
 NORMAL, GOING_AWAY, UNSUPPORTED_DATA, INVALID_PAYLOAD, POLICY_VIOLATION = (
     1000, 1001, 1003, 1007, 1008)
-REPLACED, TOKEN_EXPIRED = 4000, 4001
+REPLACED, TOKEN_EXPIRED, SLOW_CONSUMER = 4000, 4001, 4008
 _CLIENT_ID_RE = re.compile(r"[A-Za-z0-9_.:@-]{1,128}\Z")
 
 
@@ -82,7 +82,10 @@ class RawWire:
         self.client_id = ""
         self.identity: Identity = ANONYMOUS
         self.session: Session | None = None  # only with an explicit client_id
-        self.position: StreamPosition | None = None  # last publication delivered
+        # Last publication handed to the transport (what a session resumes
+        # from), and last one queued for it (what is skipped as a duplicate).
+        self.position: StreamPosition | None = None
+        self._queued: StreamPosition | None = None
         self._replaying: list[Publication] | None = None  # live ones held back meanwhile
         self._bucket: TokenBucket | None = None
 
@@ -166,7 +169,7 @@ class RawWire:
             info.message_count = session.message_count
             info.error_count = session.error_count
             info.reconnect_count = session.reconnect_count + (1 if resuming else 0)
-            self.position = session.positions.get(self.channel)
+            self.position = self._queued = session.positions.get(self.channel)
         if resuming:
             info.state = ConnectionState.RECONNECTING
         if session is not None:
@@ -188,7 +191,7 @@ class RawWire:
 
     def _start_at(self, position: StreamPosition) -> None:
         if self.position is None:
-            self.position = position
+            self.position = self._queued = position
 
     def _replay(self, recovery: Recovery) -> Deferred[None] | None:
         if recovery.recovered:
@@ -250,15 +253,19 @@ class RawWire:
         if self._replaying is not None:
             self._replaying.append(publication)
             return
-        position = self.position
-        if (position is not None and publication.epoch == position.epoch
-                and publication.offset <= position.offset):
+        queued = self._queued
+        if (queued is not None and publication.epoch == queued.epoch
+                and publication.offset <= queued.offset):
             return  # already delivered: the joint between history and live stream
-        protocol = self.protocol
-        if protocol.state == protocol.STATE_OPEN:
-            prepared = publication.encoded("raw", self.omega.prepare_raw)
-            protocol.sendPreparedMessage(cast(PreparedMessage, prepared))
-            self.position = StreamPosition(publication.epoch, publication.offset)
+        prepared = publication.encoded("raw", self.omega.prepare_raw)
+        self.protocol.send_prepared(cast(PreparedMessage, prepared), publication)
+        self._queued = StreamPosition(publication.epoch, publication.offset)
+
+    def written(self, publication: Publication) -> None:
+        self.position = StreamPosition(publication.epoch, publication.offset)
+
+    def close_slow(self) -> None:
+        self.protocol.drop_slow(SLOW_CONSUMER, "slow consumer")
 
     def on_pong(self) -> None:
         self.protocol.info.ping_sent_at = None

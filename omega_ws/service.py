@@ -151,10 +151,18 @@ class OmegaService(MultiService):
             child.setServiceParent(self)
 
     def _close_expired(self, now: float) -> None:
-        """Connections whose token expired (and was not refreshed) are closed."""
+        """
+        Connections whose token expired are closed: raw ones at once (they
+        cannot refresh), Centrifuge ones that did not refresh within
+        C{auth.expired_close_delay}.
+        """
+        grace = self.config.auth.expired_close_delay
         for connection in self.registry:
-            expires_at = connection.info.expires_at
-            if expires_at is not None and expires_at <= now:
+            info = connection.info
+            if info.expires_at is None:
+                continue
+            delay = grace if info.transport == "centrifuge" else 0.0
+            if info.expires_at + delay <= now:
                 connection.close_expired()
 
     def _count_delivery(self, publication: Publication, subscribers: int) -> None:

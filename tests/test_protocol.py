@@ -93,6 +93,11 @@ class Harness:
         transport.clear()
         return protocol, transport
 
+    def flushed(self, transport: MemoryTransport) -> bytes:
+        """What the connection wrote, once this reactor turn's output is flushed."""
+        self.clock.advance(0)
+        return bytes(transport.value())
+
     @staticmethod
     def lose(protocol: OmegaProtocol) -> None:
         protocol.connectionLost(Failure(ConnectionError("gone")))
@@ -108,16 +113,16 @@ def test_message_is_delivered_byte_for_byte_to_the_channel(harness: Harness) -> 
     reader, reader_out = harness.open("/news")
     _, elsewhere_out = harness.open("/sport")
     sender.dataReceived(client_frame(TEXT, b'{ "a" : 1 }'))
-    assert list(server_frames(sender_out.value())) == [(TEXT, b'{ "a" : 1 }')]
-    assert list(server_frames(reader_out.value())) == [(TEXT, b'{ "a" : 1 }')]
-    assert elsewhere_out.value() == b""
+    assert list(server_frames(harness.flushed(sender_out))) == [(TEXT, b'{ "a" : 1 }')]
+    assert list(server_frames(harness.flushed(reader_out))) == [(TEXT, b'{ "a" : 1 }')]
+    assert harness.flushed(elsewhere_out) == b""
     assert sender.info.message_count == 1 and sender.info.state is ConnectionState.CONNECTED
 
 
 def test_bad_message_sends_close_frame_and_ends_in_error(harness: Harness) -> None:
     protocol, transport = harness.open()
     protocol.dataReceived(client_frame(TEXT, b"[1]"))
-    [(opcode, payload)] = server_frames(transport.value())
+    [(opcode, payload)] = server_frames(harness.flushed(transport))
     assert opcode == CLOSE
     assert struct.unpack("!H", payload[:2])[0] == 1003
     assert payload[2:] == b"Invalid message format"
@@ -131,7 +136,7 @@ def test_bad_message_sends_close_frame_and_ends_in_error(harness: Harness) -> No
 def test_clean_close_by_the_client_is_disconnected(harness: Harness) -> None:
     protocol, transport = harness.open()
     protocol.dataReceived(client_frame(CLOSE, struct.pack("!H", 1000)))
-    assert [op for op, _ in server_frames(transport.value())] == [CLOSE]
+    assert [op for op, _ in server_frames(harness.flushed(transport))] == [CLOSE]
     harness.lose(protocol)
     assert protocol.info.state is ConnectionState.DISCONNECTED
     assert harness.hub.subscriber_count("news") == 0
@@ -143,8 +148,8 @@ def test_heartbeat_pings_and_drops_the_silent(harness: Harness) -> None:
     answering, answering_out = harness.open()
     silent, silent_out = harness.open()
     harness.clock.advance(20)
-    assert [op for op, _ in server_frames(answering_out.value())] == [PING]
-    assert [op for op, _ in server_frames(silent_out.value())] == [PING]
+    assert [op for op, _ in server_frames(harness.flushed(answering_out))] == [PING]
+    assert [op for op, _ in server_frames(harness.flushed(silent_out))] == [PING]
     answering.dataReceived(client_frame(PONG, b""))
     assert answering.info.ping_sent_at is None
     harness.clock.advance(10)
@@ -165,19 +170,19 @@ def test_monitor_closes_inactive_clients(harness: Harness) -> None:
     harness.clock.advance(120)  # idle has been silent 300 s by the tick at 300
     busy.dataReceived(client_frame(PING, b"x"))  # any frame counts
     harness.clock.advance(40)
-    [(opcode, payload)] = server_frames(idle_out.value())
+    [(opcode, payload)] = server_frames(harness.flushed(idle_out))
     assert (opcode, payload) == (CLOSE, struct.pack("!H", 1000) + b"Inactive client")
-    assert [op for op, _ in server_frames(busy_out.value())] == [PONG]
+    assert [op for op, _ in server_frames(harness.flushed(busy_out))] == [PONG]
     monitor.stopService()
 
 
 def test_shutdown_and_replacement_close_codes(harness: Harness) -> None:
     first, first_out = harness.open("/r?client_id=x")
     second, second_out = harness.open("/r?client_id=x")
-    [(_, payload)] = server_frames(first_out.value())
+    [(_, payload)] = server_frames(harness.flushed(first_out))
     assert payload == struct.pack("!H", 4000) + b"replaced"
     harness.factory.close_all(timeout=3)
-    [(_, payload)] = server_frames(second_out.value())
+    [(_, payload)] = server_frames(harness.flushed(second_out))
     assert payload == struct.pack("!H", 1001) + b"going away"
 
 
@@ -194,5 +199,5 @@ def test_frames_behind_a_bad_one_are_not_published(harness: Harness) -> None:
     bad, bad_out = harness.open("/p")
     _, reader_out = harness.open("/p")
     bad.dataReceived(client_frame(TEXT, b"oops") + client_frame(TEXT, b'{"late": 1}'))
-    assert reader_out.value() == b""
-    assert [op for op, _ in server_frames(bad_out.value())] == [CLOSE]
+    assert harness.flushed(reader_out) == b""
+    assert [op for op, _ in server_frames(harness.flushed(bad_out))] == [CLOSE]

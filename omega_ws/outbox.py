@@ -1,0 +1,121 @@
+"""
+Fan-out at the hardware's pace: frames for one connection are queued and
+written with one C{transport.write} per reactor turn, however many
+publications reached it in that turn; a connection whose peer stops reading
+is bounded, never waited for.
+
+Each L{Outbox} is its transport's push producer: when the transport's own
+buffer fills up it pauses the outbox, which then keeps frames itself and
+reports an overflow past C{limit} bytes, so that the connection is closed
+as a slow consumer instead of growing without bound or slowing the others.
+One L{FlushScheduler} per server runs every dirty outbox once per turn.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from twisted.internet.interfaces import IDelayedCall, IPushProducer, IReactorTime, ITransport
+from zope.interface import implementer
+
+__all__ = ["FlushScheduler", "Outbox"]
+
+
+class FlushScheduler:
+    """Flushes the outboxes that got frames, once, on the next reactor turn."""
+
+    __slots__ = ("_clock", "_dirty", "_call")
+
+    def __init__(self, clock: IReactorTime) -> None:
+        self._clock = clock
+        self._dirty: list[Outbox] = []
+        self._call: IDelayedCall | None = None
+
+    def add(self, outbox: Outbox) -> None:
+        self._dirty.append(outbox)
+        if self._call is None:
+            self._call = self._clock.callLater(0, self._run)
+
+    def _run(self) -> None:
+        self._call = None
+        dirty, self._dirty = self._dirty, []
+        for outbox in dirty:
+            outbox.flush()
+
+
+@implementer(IPushProducer)
+class Outbox:
+    """
+    The frames waiting for one connection.  C{on_written(mark)} reports the
+    last mark (e.g. a publication) handed to the transport; C{on_overflow()}
+    that the peer has fallen more than C{limit} bytes behind.
+    """
+
+    __slots__ = ("_transport", "_scheduler", "_limit", "_on_overflow", "_on_written",
+                 "_frames", "_size", "_mark", "paused", "overflowed")
+
+    def __init__(self, transport: ITransport, scheduler: FlushScheduler, limit: int,
+                 on_overflow: Callable[[], None],
+                 on_written: Callable[[Any], None] | None = None) -> None:
+        self._transport = transport
+        self._scheduler = scheduler
+        self._limit = limit
+        self._on_overflow = on_overflow
+        self._on_written = on_written
+        self._frames: list[bytes] = []
+        self._size = 0
+        self._mark: Any = None
+        self.paused = False
+        self.overflowed = False
+
+    @property
+    def size(self) -> int:
+        """Bytes queued here, not yet handed to the transport."""
+        return self._size
+
+    def put(self, frame: bytes, mark: Any = None) -> None:
+        if self.overflowed:
+            return
+        if not self._frames:
+            self._scheduler.add(self)
+        self._frames.append(frame)
+        self._size += len(frame)
+        if mark is not None:
+            self._mark = mark
+        if self.paused and self._size > self._limit:
+            self.overflowed = True
+            self.discard()
+            self._on_overflow()
+
+    def flush(self) -> None:
+        """Hand everything queued to the transport in one write (unless paused)."""
+        frames = self._frames
+        if self.paused or not frames:
+            return
+        data = frames[0] if len(frames) == 1 else b"".join(frames)
+        mark = self._mark
+        self._frames = []
+        self._size = 0
+        self._mark = None
+        self._transport.write(data)
+        if mark is not None and self._on_written is not None:
+            self._on_written(mark)
+
+    def discard(self) -> None:
+        self._frames = []
+        self._size = 0
+        self._mark = None
+
+    # -- IPushProducer, for the transport ----------------------------------------
+
+    def pauseProducing(self) -> None:
+        self.paused = True
+
+    def resumeProducing(self) -> None:
+        self.paused = False
+        if self._frames:
+            self._scheduler.add(self)
+
+    def stopProducing(self) -> None:
+        self.discard()
