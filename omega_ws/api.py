@@ -26,6 +26,7 @@ __all__ = ["ApiError", "api_methods"]
 
 # Centrifugo's error codes.
 INTERNAL, UNAUTHORIZED, UNKNOWN_CHANNEL, METHOD_NOT_FOUND, BAD_REQUEST = 100, 101, 102, 104, 107
+UNRECOVERABLE_POSITION = 112
 FORCE_NO_RECONNECT = 3503
 
 
@@ -122,9 +123,14 @@ def api_methods(service: OmegaService) -> dict[str, ApiMethod]:
         reverse = bool(body.get("reverse"))
         # As Centrifugo: no limit or 0 gives the position only; -1 everything kept.
         wanted = 0 if not limit else (None if limit < 0 else limit)
-        return hub.broker.history(channel, since, wanted, reverse).addCallback(
-            lambda result: {"publications": [_publication(p) for p in result[0]],
-                            "epoch": result[1].epoch, "offset": result[1].offset})
+        def answer(result: tuple[list[Publication], StreamPosition]) -> dict[str, Any]:
+            publications, top = result
+            if since is not None and since.epoch and since.epoch != top.epoch:
+                raise ApiError(UNRECOVERABLE_POSITION, "unrecoverable position")
+            return {"publications": [_publication(p) for p in publications],
+                    "epoch": top.epoch, "offset": top.offset}
+
+        return hub.broker.history(channel, since, wanted, reverse).addCallback(answer)
 
     def presence(body: dict[str, Any]) -> dict[str, Any]:
         channel = _channel(body)

@@ -425,7 +425,7 @@ class CentrifugeWire:
         return None  # the SDKs keep their own stream positions
 
     def close_slow(self) -> None:
-        self.protocol.drop_slow(SLOW, "slow")
+        self.protocol.fail_with(SLOW, "slow")
 
     def _prepare_push(self, publication: Publication) -> PreparedMessage:
         return self.omega.prepare(_push_bytes(publication))
@@ -542,7 +542,8 @@ class CentrifugeWire:
             self.protocol.info.ping_sent_at = None  # not connected yet: nothing to answer
 
     def drop_unresponsive(self) -> None:
-        self.protocol.close(NO_PONG, "no pong")
+        # A close frame with the code, so the SDK knows to reconnect; ends in ERROR.
+        self.protocol.fail_with(NO_PONG, "no pong")
 
     def close_inactive(self) -> None:
         self.protocol.close(DISCONNECT_CLOSED, "connection closed")

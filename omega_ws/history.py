@@ -121,7 +121,8 @@ class Streams:
                 limit: int | None = None, reverse: bool = False) -> list[Publication]:
         """
         Kept publications, oldest first (newest first with C{reverse}); with
-        C{since}, only those after it (nothing if its epoch is not current).
+        C{since}, only those after it (before it with C{reverse}); nothing if
+        its epoch is not current.
         """
         stream = self._stream(channel, now)
         self._trim(stream, now)
@@ -129,7 +130,11 @@ class Streams:
         if since is not None:
             if since.epoch and since.epoch != stream.epoch:
                 return []
-            publications = [p for p in publications if p.offset > since.offset]
+            # As Centrifugo: after the position going forward, before it going back.
+            if reverse:
+                publications = [p for p in publications if p.offset < since.offset]
+            else:
+                publications = [p for p in publications if p.offset > since.offset]
         if reverse:
             publications.reverse()
         if limit is not None and limit >= 0:

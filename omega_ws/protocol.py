@@ -96,6 +96,9 @@ class Wire(Protocol):
     def close_slow(self) -> None:
         """Close a slow consumer with the wire format's code."""
 
+    def drop_unresponsive(self) -> None:
+        """A heartbeat went unanswered: drop it, or close with the wire's code."""
+
     def send_heartbeat(self) -> None: ...
 
     def close_inactive(self) -> None: ...
@@ -253,8 +256,8 @@ class OmegaProtocol(WebSocketServerProtocol):
         if self.wire is not None:
             self.wire.close_slow()
 
-    def drop_slow(self, code: int, reason: str) -> None:
-        """Close a slow consumer: its entry ends in ERROR; nothing more is queued."""
+    def fail_with(self, code: int, reason: str) -> None:
+        """Close for the peer's failure (slow, silent): its entry ends in ERROR."""
         self._fail_connection(code, reason)
 
     def reject(self, code: int, reason: str, metric_reason: str) -> None:
@@ -301,7 +304,10 @@ class OmegaProtocol(WebSocketServerProtocol):
 
     def drop_unresponsive(self) -> None:
         self.wasNotCleanReason = "no pong within heartbeat.ping_timeout"
-        self.abort()
+        if self.wire is not None and self.state == self.STATE_OPEN:
+            self.wire.drop_unresponsive()
+        else:
+            self.abort()
 
     def abort(self) -> None:
         self.wasClean = False

@@ -265,7 +265,10 @@ class RawWire:
         self.position = StreamPosition(publication.epoch, publication.offset)
 
     def close_slow(self) -> None:
-        self.protocol.drop_slow(SLOW_CONSUMER, "slow consumer")
+        self.protocol.fail_with(SLOW_CONSUMER, "slow consumer")
+
+    def drop_unresponsive(self) -> None:
+        self.protocol.abort()  # it does not answer: a close frame would wait for nothing
 
     def on_pong(self) -> None:
         self.protocol.info.ping_sent_at = None

@@ -8,6 +8,7 @@ import pytest
 from twisted.internet.defer import Deferred
 from twisted.internet.task import Clock
 from twisted.internet.testing import MemoryReactorClock
+from twisted.python.failure import Failure
 
 from omega_ws import __version__
 from omega_ws.api import ApiError, ApiMethod, api_methods
@@ -33,6 +34,8 @@ class Api:
         results: list[Any] = []
         result.addBoth(results.append)
         assert len(results) == 1, "Deferred has not fired"
+        if isinstance(results[0], Failure):
+            results[0].raiseException()
         return results[0]
 
 
@@ -122,7 +125,10 @@ def test_history_limit_semantics(api: Api) -> None:
     assert offsets(limit=-1, since={"epoch": epoch, "offset": 3}) == [4, 5]
     assert offsets(limit=1, since={"epoch": epoch, "offset": 3}) == [4]
     assert offsets(limit=-1, since={"offset": 3}) == [4, 5]
-    assert offsets(limit=-1, since={"epoch": "other", "offset": 3}) == []
+    assert offsets(limit=-1, since={"epoch": epoch, "offset": 3}, reverse=True) == [2, 1]
+    with pytest.raises(ApiError) as error:  # another epoch: as Centrifugo, 112
+        offsets(limit=-1, since={"epoch": "other", "offset": 3})
+    assert error.value.code == 112
 
 
 def test_history_publication_shape(api: Api) -> None:

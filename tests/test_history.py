@@ -124,7 +124,10 @@ def test_history_since_limit_reverse() -> None:
     assert _offsets(streams.history("a", 0.0, since=since, limit=2)) == [3, 4]
     assert _offsets(streams.history("a", 0.0, limit=2)) == [1, 2]
     assert _offsets(streams.history("a", 0.0, limit=2, reverse=True)) == [6, 5]
-    assert _offsets(streams.history("a", 0.0, since=since, reverse=True)) == [6, 5, 4, 3]
+    # As Centrifugo: with reverse, what came before the position, newest first.
+    assert _offsets(streams.history("a", 0.0, since=since, reverse=True)) == [1]
+    later = StreamPosition(epoch, 5)
+    assert _offsets(streams.history("a", 0.0, since=later, reverse=True)) == [4, 3, 2, 1]
     assert streams.history("a", 0.0, limit=0) == []
     assert _offsets(streams.history("a", 0.0, limit=-1)) == [1, 2, 3, 4, 5, 6]
     assert streams.history("a", 0.0, since=StreamPosition(epoch, 6)) == []
