@@ -16,6 +16,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
+from twisted.internet import tcp
 from twisted.internet.interfaces import IDelayedCall, IPushProducer, IReactorTime, ITransport
 from zope.interface import implementer
 
@@ -52,13 +53,15 @@ class Outbox:
     that the peer has fallen more than C{limit} bytes behind.
     """
 
-    __slots__ = ("_transport", "_scheduler", "_limit", "_on_overflow", "_on_written",
+    __slots__ = ("_transport", "_tcp", "_scheduler", "_limit", "_on_overflow", "_on_written",
                  "_frames", "_size", "_mark", "paused", "overflowed")
 
     def __init__(self, transport: ITransport, scheduler: FlushScheduler, limit: int,
                  on_overflow: Callable[[], None],
                  on_written: Callable[[Any], None] | None = None) -> None:
         self._transport = transport
+        # A plain TCP connection can be written to directly (see _write).
+        self._tcp = transport if isinstance(transport, tcp.Connection) else None
         self._scheduler = scheduler
         self._limit = limit
         self._on_overflow = on_overflow
@@ -98,9 +101,30 @@ class Outbox:
         self._frames = []
         self._size = 0
         self._mark = None
-        self._transport.write(data)
+        self._write(data)
         if mark is not None and self._on_written is not None:
             self._on_written(mark)
+
+    def _write(self, data: bytes) -> None:
+        """
+        C{transport.write(data)}, but on plain TCP with nothing buffered the
+        bytes go straight to the socket: Twisted's write would buffer them
+        and cost an C{epoll_ctl} to start writing and another to stop, for
+        every connection, every turn.  Only what the socket does not take is
+        left to the transport, so the order of bytes is kept.
+        """
+        tcp_transport = self._tcp
+        if (tcp_transport is not None and tcp_transport.connected
+                and not tcp_transport.disconnecting and not tcp_transport.dataBuffer
+                and not tcp_transport._tempDataLen):
+            try:
+                sent = tcp_transport.socket.send(data)
+            except OSError:
+                sent = 0  # EAGAIN, or an error the transport will see for itself
+            if sent == len(data):
+                return
+            data = data[sent:]
+        self._transport.write(data)
 
     def discard(self) -> None:
         self._frames = []
