@@ -145,6 +145,8 @@ class CentrifugeWire:
     """The Centrifuge protocol on one connection: several channels, recovery, tokens."""
 
     transport_name = "centrifuge"
+    __slots__ = ("protocol", "omega", "identity", "connected", "subscriptions", "_bucket",
+                 "_batch", "_closing")
 
     def __init__(self, protocol: OmegaProtocol) -> None:
         self.protocol = protocol

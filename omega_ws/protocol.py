@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import re
+import types
 from collections.abc import Callable
 from typing import Any, Protocol, cast
 
@@ -45,6 +46,9 @@ CLOSE_HANDSHAKE_TIMEOUT = 2.0
 _HTTP_REASONS = {400: "bad_request", 401: "unauthorized", 403: "forbidden", 404: "path",
                  426: "not_websocket", 429: "reconnecting_too_often",
                  431: "header_too_large", 500: "internal", 503: "capacity"}
+_HANDSHAKE_LEFTOVERS = ("http_request_data", "http_response_data", "http_headers",
+                       "http_status_line", "http_request_uri", "http_request_params",
+                       "websocket_extensions", "websocket_protocols")
 # rpc handler: (client info, method, data) -> result data, or a Deferred of it.
 RpcHandler = Callable[[ClientInfo, Any], Any]
 
@@ -198,6 +202,9 @@ class OmegaProtocol(WebSocketServerProtocol):
                                  self.wire.written)
             # The transport pauses the outbox when its own buffer is full.
             transport.registerProducer(self.outbox, True)
+            # The handshake is done: what it kept is dead weight on idle connections.
+            for name in _HANDSHAKE_LEFTOVERS:
+                self.__dict__.pop(name, None)
             self.wire.on_open()
         except Exception:
             _log.failure("onOpen failed for {peer}", peer=self.peer)
@@ -377,6 +384,15 @@ class OmegaServerFactory(WebSocketServerFactory):
         self._drained: Deferred[None] | None = None
         self.noisy = False
         apply_limits(self, config)
+        # Autobahn copies every option from the factory onto each connection
+        # unless its class has it already: as class attributes of a subclass
+        # made for this factory, they cost nothing per connection.
+        options = {name: getattr(self, name) for name in OmegaProtocol.CONFIG_ATTRS}
+        # Functions (the compression hook) must not turn into methods there.
+        options = {name: staticmethod(value) if isinstance(value, types.FunctionType) else value
+                   for name, value in options.items()}
+        self.protocol = cast(type[OmegaProtocol],
+                             type("OmegaProtocol", (OmegaProtocol,), options))
 
     def make_wire(self, protocol: OmegaProtocol, path: str) -> Wire:
         """The wire format for a request path."""

@@ -74,6 +74,8 @@ class RawWire:
     """The raw protocol on one connection; subscribes itself to the hub."""
 
     transport_name = "raw"
+    __slots__ = ("protocol", "omega", "channel", "client_id", "identity", "session",
+                 "position", "_queued", "_replaying", "_bucket")
 
     def __init__(self, protocol: OmegaProtocol) -> None:
         self.protocol = protocol
