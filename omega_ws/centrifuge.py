@@ -46,8 +46,7 @@ CENTRIFUGE_PATH = "/connection/websocket"
 JSON_SUBPROTOCOL = "centrifuge-json"
 
 # Disconnect (close) codes: 3000-3499 the SDKs reconnect, 3500-3999 they don't.
-DISCONNECT_CLOSED, SHUTDOWN, EXPIRED, SLOW, FORCE_RECONNECT, NO_PONG = (
-    3000, 3001, 3005, 3008, 3011, 3012)
+SHUTDOWN, EXPIRED, SLOW, FORCE_RECONNECT, NO_PONG = 3001, 3005, 3008, 3011, 3012
 INVALID_TOKEN, BAD_REQUEST, FORCE_NO_RECONNECT = 3500, 3501, 3503
 
 # Error codes in replies.
@@ -296,9 +295,19 @@ class CentrifugeWire:
     def _disconnect(self, code: int, reason: str) -> None:
         if code in (BAD_REQUEST, INVALID_TOKEN):
             # The client's fault: counted, and its entry ends in ERROR.
+            self._push_disconnect(code, reason)
             self.protocol.reject(code, reason, reason.replace(" ", "_"))
         else:
-            self.protocol.close(code, reason)
+            self.close_with(code, reason)
+
+    def _push_disconnect(self, code: int, reason: str) -> None:
+        """The disconnect push, then the close frame with the same code (SDKs take either)."""
+        if self.connected:
+            self._send([_compact({"push": {"disconnect": {"code": code, "reason": reason}}})])
+
+    def close_with(self, code: int, reason: str) -> None:
+        self._push_disconnect(code, reason)
+        self.protocol.close(code, reason)
 
     # -- connect, refresh ---------------------------------------------------------
 
@@ -313,6 +322,8 @@ class CentrifugeWire:
         try:
             return omega.tokens.verify(token, omega.clock.seconds())
         except TokenExpired:
+            if self.connected:  # refresh: as Centrifugo, the SDK reconnects and gets a new one
+                raise Disconnect(EXPIRED, "connection expired") from None
             raise ReplyError(TOKEN_EXPIRED, "token expired") from None
         except InvalidToken as e:
             _log.info("centrifuge client {client_id}: invalid token ({error})",
@@ -548,16 +559,17 @@ class CentrifugeWire:
         self.protocol.fail_with(NO_PONG, "no pong")
 
     def close_inactive(self) -> None:
-        self.protocol.close(DISCONNECT_CLOSED, "connection closed")
+        # As for raw clients (SPEC §7); the SDKs reconnect on codes below 3000.
+        self.protocol.close(1000, "Inactive client")
 
     def close_replaced(self) -> None:
-        self.protocol.close(FORCE_RECONNECT, "replaced")
+        self.close_with(FORCE_RECONNECT, "replaced")
 
     def close_expired(self) -> None:
-        self.protocol.close(EXPIRED, "connection expired")
+        self.close_with(EXPIRED, "connection expired")
 
     def close_for_shutdown(self) -> None:
-        self.protocol.close(SHUTDOWN, "shutdown")
+        self.close_with(SHUTDOWN, "shutdown")
 
 
 class _Raw:

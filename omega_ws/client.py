@@ -264,6 +264,8 @@ def main(argv: list[str] | None = None) -> None:
         stdio.StandardIO(Lines())
 
     started = client.start()
+    # SIGTERM, SIGINT: close the connection, rather than watch it reconnect.
+    reactor.addSystemEventTrigger("before", "shutdown", client.stop)
     if options.subCommand == "publish":
         for message in common["messages"]:
             try:

@@ -447,8 +447,9 @@ def _readable(key: str, path: str) -> bytes:
 def _validate_public_key(path: str) -> None:
     from cryptography.hazmat.primitives.serialization import load_pem_public_key
 
+    pem = _readable("auth.token_public_key", path)
     try:
-        load_pem_public_key(_readable("auth.token_public_key", path))
+        load_pem_public_key(pem)
     except ValueError as e:
         raise ConfigError(
             f"auth.token_public_key: {path} is not a PEM public key ({e})") from None

@@ -91,6 +91,23 @@ class Outbox:
             self.discard()
             self._on_overflow()
 
+    def admit(self, size: int) -> bool:
+        """
+        For bytes written around the queue (compressed messages): count them
+        while paused, and report an overflow past the limit.  False once the
+        connection overflowed: nothing more is to be written.
+        """
+        if self.overflowed:
+            return False
+        if self.paused:
+            self._size += size
+            if self._size > self._limit:
+                self.overflowed = True
+                self.discard()
+                self._on_overflow()
+                return False
+        return True
+
     def flush(self) -> None:
         """Hand everything queued to the transport in one write (unless paused)."""
         frames = self._frames
@@ -140,6 +157,8 @@ class Outbox:
         self.paused = False
         if self._frames:
             self._scheduler.add(self)
+        elif self._size:  # only counted bytes (admit): the transport took them
+            self._size = 0
 
     def stopProducing(self) -> None:
         self.discard()

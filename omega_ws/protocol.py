@@ -113,6 +113,8 @@ class Wire(Protocol):
 
     def close_for_shutdown(self) -> None: ...
 
+    def close_with(self, code: int, reason: str) -> None: ...
+
 
 class OmegaProtocol(WebSocketServerProtocol):
     """
@@ -233,9 +235,13 @@ class OmegaProtocol(WebSocketServerProtocol):
         if self.state != self.STATE_OPEN:
             return
         outbox = self.outbox
-        if outbox is not None and self._perMessageCompress is None:
+        if outbox is None:
+            return
+        if self._perMessageCompress is None:
             outbox.put(prepared.payloadHybi, mark)
-        else:  # compression negotiated: Autobahn compresses per connection
+        elif outbox.admit(len(prepared.payload)):
+            # Compression negotiated: Autobahn compresses per connection, and
+            # the outbox only keeps count while the transport is full.
             self.flush_output()
             self.sendPreparedMessage(prepared)
 
@@ -301,7 +307,8 @@ class OmegaProtocol(WebSocketServerProtocol):
             self.wire.close_expired()
 
     def close_with(self, code: int, reason: str) -> None:
-        self.close(code, reason)
+        if self.wire is not None:
+            self.wire.close_with(code, reason)
 
     def close_for_shutdown(self) -> None:
         if self.wire is not None and self.state == self.STATE_OPEN:

@@ -290,6 +290,9 @@ class RawWire:
     def close_for_shutdown(self) -> None:
         self.protocol.close(GOING_AWAY, "going away")
 
+    def close_with(self, code: int, reason: str) -> None:
+        self.protocol.close(code, reason)
+
     def on_close(self, was_clean: bool, close_code: int) -> None:
         omega = self.omega
         omega.hub.unsubscribe(self.channel, self)
