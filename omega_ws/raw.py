@@ -87,7 +87,8 @@ class RawWire:
         # Last publication handed to the transport (what a session resumes
         # from), and last one queued for it (what is skipped as a duplicate).
         self.position: StreamPosition | None = None
-        self._queued: StreamPosition | None = None
+        # (a Publication once one was queued: no new object per delivery)
+        self._queued: StreamPosition | Publication | None = None
         self._replaying: list[Publication] | None = None  # live ones held back meanwhile
         self._bucket: TokenBucket | None = None
 
@@ -256,12 +257,12 @@ class RawWire:
             self._replaying.append(publication)
             return
         queued = self._queued
-        if (queued is not None and publication.epoch == queued.epoch
-                and publication.offset <= queued.offset):
+        if (queued is not None and publication.offset <= queued.offset
+                and publication.epoch == queued.epoch):
             return  # already delivered: the joint between history and live stream
         prepared = publication.encoded("raw", self.omega.prepare_raw)
         self.protocol.send_prepared(cast(PreparedMessage, prepared), publication)
-        self._queued = StreamPosition(publication.epoch, publication.offset)
+        self._queued = publication
 
     def written(self, publication: Publication) -> None:
         self.position = StreamPosition(publication.epoch, publication.offset)
