@@ -108,7 +108,8 @@ class RawClient:
         if self._retry is not None and self._retry.active():
             self._retry.cancel()
         if self._protocol is None:
-            self._set_state(ConnectionState.DISCONNECTED)
+            if self.state is not ConnectionState.ERROR:  # a client that gave up stays so
+                self._set_state(ConnectionState.DISCONNECTED)
             return defer.succeed(None)
         self._stopped = Deferred()
         self._protocol.sendClose(1000)
@@ -263,17 +264,17 @@ def main(argv: list[str] | None = None) -> None:
 
         stdio.StandardIO(Lines())
 
+    for message in common["messages"] if options.subCommand == "publish" else ():
+        try:
+            if not isinstance(json.loads(message), dict):
+                raise ValueError("not a JSON object")
+        except ValueError as e:
+            sys.stderr.write(f"omega-ws client: error: {message!r}: {e}\n")
+            raise SystemExit(2) from None
     started = client.start()
     # SIGTERM, SIGINT: close the connection, rather than watch it reconnect.
     reactor.addSystemEventTrigger("before", "shutdown", client.stop)
     if options.subCommand == "publish":
-        for message in common["messages"]:
-            try:
-                if not isinstance(json.loads(message), dict):
-                    raise ValueError("not a JSON object")
-            except ValueError as e:
-                sys.stderr.write(f"omega-ws client: error: {message!r}: {e}\n")
-                raise SystemExit(2) from None
         started.addCallback(publish_all)
     started.addErrback(lambda failure: None)
     reactor.run()

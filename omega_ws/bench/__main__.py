@@ -2,10 +2,11 @@
 C{python -m omega_ws.bench}: omega-ws and its peers, side by side, in one run.
 
 Each server runs as its own process on 127.0.0.1 and is driven by the same
-Node load generator (C{loadgen.js}, with the C{ws} package: a Python client
-would be the bottleneck on two cores).  Server CPU comes from the server
-process's own counters (C{/proc/PID/stat}), so a saturated generator
-cannot fake it; the generator's own CPU is reported too.
+Node load generator (C{loadgen.js}: bare-socket WebSocket clients, since a
+Python client, or even Node's C{ws}, would be the bottleneck on two cores).
+Server CPU comes from the server process's own counters (C{/proc/PID/stat}),
+so a saturated generator cannot fake it; the generator's own CPU is reported
+too.
 
   - fan-out: N subscribers on one channel, one publisher, 100-byte JSON,
     closed loop with W messages in flight (W=20 throughput, W=1 latency):
@@ -13,8 +14,7 @@ cannot fake it; the generator's own CPU is reported too.
   - idle memory: RSS growth per idle connection;
   - handshakes/s for many connections opened concurrently.
 
-Linux only (it reads /proc).  Needs Node.js and npm (C{ws} is installed
-into a cache folder on first use) and the C{websockets} package.
+Linux only (it reads /proc).  Needs Node.js and the C{websockets} package.
 """
 
 from __future__ import annotations
@@ -44,17 +44,10 @@ def fail(message: str) -> None:
 
 
 def loadgen_dir() -> Path:
-    """The load generator with its node_modules, installed once into a cache folder."""
-    if shutil.which("node") is None or shutil.which("npm") is None:
-        fail("Node.js and npm are needed for the load generator")
-    cache = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "omega-ws-loadgen"
-    cache.mkdir(parents=True, exist_ok=True)
-    for name in ("loadgen.js", "package.json", "package-lock.json"):
-        shutil.copyfile(HERE / name, cache / name)
-    if not (cache / "node_modules" / "ws").exists():
-        subprocess.run(["npm", "ci", "--no-audit", "--no-fund", "--loglevel=error"], cwd=cache,
-                       check=True, stdout=subprocess.DEVNULL)
-    return cache
+    """Where the load generator is (plain Node.js, no packages)."""
+    if shutil.which("node") is None:
+        fail("Node.js is needed for the load generator")
+    return HERE
 
 
 def free_port() -> int:

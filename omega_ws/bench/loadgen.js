@@ -1,25 +1,93 @@
 'use strict';
-// The benchmark's load generator: many WebSocket clients in one Node process,
-// so that the server, not the generator, is what runs out of CPU.  Loopback
-// only, bounded in time and count.  Prints one JSON object per line.
+// The benchmark's load generator: many WebSocket clients in one Node process
+// (no dependencies), so that the server, not the generator, is what runs out
+// of CPU.  Loopback only, bounded in time and count.  Prints one JSON object
+// per line.
 //
 //   node loadgen.js fanout     URL SUBS WINDOW SECONDS SIZE WARMUP
 //   node loadgen.js idle       URL CONNS
 //   node loadgen.js handshakes URL CONNS CONCURRENCY
-const WebSocket = require('ws');
+const net = require('node:net');
 
 const [mode, url, ...args] = process.argv.slice(2);
 const emit = (o) => process.stdout.write(JSON.stringify(o) + '\n');
 const nowUs = () => Number(process.hrtime.bigint() / 1000n);
 const cpuUs = () => { const c = process.cpuUsage(); return c.user + c.system; };
+const target = new URL(url);
 
-function open(target) {
+// A minimal WebSocket client on a bare TCP socket: the generator's cost per
+// message must stay well below the server's, or it measures itself.  It
+// speaks just what the benchmark needs: one handshake, unfragmented text
+// frames, pongs for pings.  Client frames use a zero mask key (RFC 6455
+// requires a key, not a random one from a load generator).
+class Client {
+  constructor(socket) {
+    this.socket = socket;
+    this.buffer = Buffer.alloc(0);
+    this.onmessage = null;
+  }
+  send(text) {
+    const payload = Buffer.from(text);
+    const length = payload.length;
+    const header = length < 126 ? Buffer.from([0x81, 0x80 | length, 0, 0, 0, 0])
+      : Buffer.from([0x81, 0x80 | 126, length >> 8, length & 255, 0, 0, 0, 0]);
+    this.socket.write(Buffer.concat([header, payload]));
+  }
+  received(chunk) {
+    let data = this.buffer.length ? Buffer.concat([this.buffer, chunk]) : chunk;
+    let at = 0;
+    while (data.length - at >= 2) {
+      const opcode = data[at] & 0x0f;
+      let length = data[at + 1] & 0x7f, start = at + 2;
+      if (length === 126) {
+        if (data.length - at < 4) break;
+        length = data.readUInt16BE(at + 2); start = at + 4;
+      } else if (length === 127) {
+        if (data.length - at < 10) break;
+        length = Number(data.readBigUInt64BE(at + 2)); start = at + 10;
+      }
+      if (data.length < start + length) break;
+      const payload = data.subarray(start, start + length);
+      at = start + length;
+      if (opcode === 1 && this.onmessage) this.onmessage(payload);
+      else if (opcode === 9) {  // ping: answer with a pong carrying the same payload
+        this.socket.write(Buffer.concat([Buffer.from([0x8a, 0x80 | payload.length, 0, 0, 0, 0]), payload]));
+      } else if (opcode === 8) this.socket.end();
+    }
+    this.buffer = at < data.length ? Buffer.from(data.subarray(at)) : Buffer.alloc(0);
+  }
+  terminate() { this.socket.destroy(); }
+}
+
+function open() {
   return new Promise((resolve, reject) => {
-    // No compression, no UTF-8 check: the generator must stay cheap per message.
-    const ws = new WebSocket(target, { perMessageDeflate: false, handshakeTimeout: 30000,
-                                       skipUTF8Validation: true });
-    ws.once('open', () => resolve(ws));
-    ws.once('error', reject);
+    const socket = net.connect({ host: target.hostname, port: Number(target.port) });
+    socket.setNoDelay(true);
+    let head = Buffer.alloc(0);
+    const timer = setTimeout(() => { socket.destroy(); reject(new Error('handshake timed out')); }, 30000);
+    socket.once('error', (error) => { clearTimeout(timer); reject(error); });
+    socket.on('connect', () => socket.write(
+      `GET ${target.pathname} HTTP/1.1\r\nHost: ${target.host}\r\nUpgrade: websocket\r\n` +
+      'Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n' +
+      'Sec-WebSocket-Version: 13\r\n\r\n'));
+    const onData = (chunk) => {
+      head = Buffer.concat([head, chunk]);
+      const end = head.indexOf('\r\n\r\n');
+      if (end < 0) return;
+      clearTimeout(timer);
+      socket.removeListener('data', onData);
+      if (!head.subarray(0, 12).toString().startsWith('HTTP/1.1 101')) {
+        socket.destroy();
+        reject(new Error(`handshake refused: ${head.subarray(0, 40).toString()}`));
+        return;
+      }
+      const client = new Client(socket);
+      socket.on('data', (data) => client.received(data));
+      socket.on('error', () => {});
+      if (end + 4 < head.length) client.received(head.subarray(end + 4));
+      resolve(client);
+    };
+    socket.on('data', onData);
   });
 }
 
@@ -29,7 +97,7 @@ async function openMany(count, concurrency) {
   async function worker() {
     while (next < count) {
       next += 1;
-      sockets.push(await open(url));
+      sockets.push(await open());
     }
   }
   await Promise.all(Array.from({ length: Math.min(concurrency, count) }, worker));
@@ -43,7 +111,7 @@ function percentile(sorted, p) {
 
 async function fanout(subs, window, seconds, size, warmup) {
   const subscribers = await openMany(subs, 200);
-  const publisher = await open(url);
+  const publisher = await open();
   const pending = new Map();  // seq -> deliveries still expected
   const latencies = [];
   let seq = 0, sent = 0, completed = 0, deliveries = 0;
@@ -62,7 +130,7 @@ async function fanout(subs, window, seconds, size, warmup) {
   }
   subscribers.forEach((ws, index) => {
     const sample = index % 10 === 0;  // latency from a tenth of the subscribers
-    ws.on('message', (data) => {
+    ws.onmessage = (data) => {
       // {"seq":N,"t":T,...}: both numbers from the head, without parsing it all.
       const head = data.toString('latin1', 0, 48);
       const comma = head.indexOf(',', 7);
@@ -77,9 +145,8 @@ async function fanout(subs, window, seconds, size, warmup) {
       if (measuring) completed += 1;
       if (stopping) { if (pending.size === 0) resolveDone(); return; }
       publish();  // closed loop: one out, one in
-    });
+    };
   });
-  publisher.on('message', () => {});
   for (let i = 0; i < window; i += 1) publish();
   await new Promise((r) => setTimeout(r, warmup * 1000));
   measuring = true;

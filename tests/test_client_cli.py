@@ -1,0 +1,66 @@
+"""`python -m omega_ws.client subscribe|publish`, as processes, against a real server."""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+
+import pytest_twisted
+
+from .conftest import StartServer
+from .support import aio
+
+ensure_deferred = pytest_twisted.ensureDeferred
+CLIENT = [sys.executable, "-m", "omega_ws.client"]
+
+
+async def spawn(*args: str, stdin: bytes | None = None) -> asyncio.subprocess.Process:
+    return await asyncio.create_subprocess_exec(
+        *CLIENT, *args, stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.PIPE)
+
+
+async def line(stream: asyncio.StreamReader | None) -> str:
+    assert stream is not None
+    return (await asyncio.wait_for(stream.readline(), 10)).decode().rstrip("\n")
+
+
+@ensure_deferred
+async def test_subscribe_prints_what_publish_sends(serve: StartServer) -> None:
+    server = await serve()
+    url = f"ws://127.0.0.1:{server.port}/news"
+
+    async def scenario() -> tuple[list[str], int | None, int | None, bytes]:
+        watcher = await spawn("subscribe", "--client-id", "watcher", url)
+        try:
+            assert await line(watcher.stderr) == "[CONNECTED]"
+            publisher = await spawn("publish", url, '{"headline": "one"}', '{"n": 2}')
+            await asyncio.wait_for(publisher.wait(), 10)
+            piped = await spawn("publish", url)
+            _, piped_err = await asyncio.wait_for(piped.communicate(b'{"from": "stdin"}\n'), 10)
+            seen = [await line(watcher.stdout) for _ in range(3)]
+            return seen, publisher.returncode, piped.returncode, piped_err
+        finally:
+            watcher.terminate()
+            await asyncio.wait_for(watcher.wait(), 10)
+
+    seen, published, piped, _ = await aio(scenario(), 30)
+    assert seen == ['{"headline": "one"}', '{"n": 2}', '{"from": "stdin"}']
+    assert (published, piped) == (0, 0)
+
+
+@ensure_deferred
+async def test_bad_message_and_unreachable_server_are_one_line_and_nonzero() -> None:
+    async def scenario() -> tuple[tuple[int | None, bytes], tuple[int | None, bytes]]:
+        bad = await spawn("publish", "ws://127.0.0.1:1/x", "[1, 2]")
+        _, bad_err = await asyncio.wait_for(bad.communicate(), 10)
+        gone = await spawn("publish", "--max-attempts", "2", "--reconnect-delay", "0.05",
+                           "ws://127.0.0.1:1/x", "{}")
+        _, gone_err = await asyncio.wait_for(gone.communicate(), 20)
+        return (bad.returncode, bad_err), (gone.returncode, gone_err)
+
+    (bad_code, bad_err), (gone_code, gone_err) = await aio(scenario(), 40)
+    assert bad_code == 2
+    assert bad_err.decode().strip() == "omega-ws client: error: '[1, 2]': not a JSON object"
+    assert gone_code == 1
+    assert gone_err.decode().split() == ["[RECONNECTING]", "[ERROR]"]
