@@ -26,6 +26,7 @@ from twisted.web.server import NOT_DONE_YET, Request, Site
 
 from .api import BAD_REQUEST, INTERNAL, METHOD_NOT_FOUND, UNAUTHORIZED, ApiError, ApiMethod
 from .broker import BrokerUnavailable
+from .jsonutil import loads_strict
 
 __all__ = ["make_admin_site"]
 
@@ -65,10 +66,6 @@ class _Metrics(Resource):
     def render_GET(self, request: Request) -> bytes:
         request.setHeader(b"content-type", b"text/plain; version=0.0.4; charset=utf-8")
         return self._render()
-
-
-def _reject_constant(name: str) -> Any:
-    raise ValueError(f"{name} is not JSON")
 
 
 class _Api(Resource):
@@ -123,7 +120,7 @@ class _Api(Resource):
         if len(raw) > MAX_BODY:
             raise ApiError(BAD_REQUEST, "body too large", 413)
         try:
-            body = json.loads(raw or b"{}", parse_constant=_reject_constant)
+            body = loads_strict(raw or b"{}")
         except ValueError:
             raise ApiError(BAD_REQUEST, "bad request: body is not JSON", 400) from None
         if not isinstance(body, dict):

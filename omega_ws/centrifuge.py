@@ -16,7 +16,6 @@ for no reply.
 
 from __future__ import annotations
 
-import json
 import math
 import uuid
 from typing import TYPE_CHECKING, Any, cast
@@ -24,6 +23,7 @@ from typing import TYPE_CHECKING, Any, cast
 from autobahn.websocket.protocol import PreparedMessage
 from autobahn.websocket.types import ConnectionRequest
 from twisted.internet.defer import Deferred, maybeDeferred
+from twisted.internet.interfaces import IDelayedCall
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
@@ -32,6 +32,7 @@ from .auth import ANONYMOUS, Identity, InvalidToken, TokenExpired
 from .broker import BrokerUnavailable
 from .config import valid_channel
 from .history import Publication, Recovery, StreamPosition
+from .jsonutil import compact, loads_strict
 from .limits import TokenBucket
 from .registry import ClientInfo
 
@@ -47,7 +48,7 @@ JSON_SUBPROTOCOL = "centrifuge-json"
 
 # Disconnect (close) codes: 3000-3499 the SDKs reconnect, 3500-3999 they don't.
 SHUTDOWN, EXPIRED, SLOW, FORCE_RECONNECT, NO_PONG = 3001, 3005, 3008, 3011, 3012
-INVALID_TOKEN, BAD_REQUEST, FORCE_NO_RECONNECT = 3500, 3501, 3503
+INVALID_TOKEN, BAD_REQUEST, STALE = 3500, 3501, 3502
 
 # Error codes in replies.
 INTERNAL, UNAUTHORIZED, UNKNOWN_CHANNEL, PERMISSION_DENIED, METHOD_NOT_FOUND = (
@@ -55,6 +56,11 @@ INTERNAL, UNAUTHORIZED, UNKNOWN_CHANNEL, PERMISSION_DENIED, METHOD_NOT_FOUND = (
 ALREADY_SUBSCRIBED, LIMIT_EXCEEDED, BAD_REQUEST_ERROR, NOT_AVAILABLE, TOKEN_EXPIRED = (
     105, 106, 107, 108, 109)
 TOO_MANY_REQUESTS, UNRECOVERABLE_POSITION = 111, 112
+
+# Channels one connection may subscribe to at once (Centrifugo's default too).
+MAX_CHANNELS = 128
+# Commands in one frame; the replies to a frame go out as one message.
+MAX_COMMANDS_PER_FRAME = 100
 
 # Unsubscribe push codes: below 2500 the SDK stays unsubscribed.
 UNSUBSCRIBE_SERVER = 2000
@@ -85,11 +91,6 @@ class Disconnect(Exception):
         self.reason = reason
 
 
-def _compact(value: Any) -> bytes:
-    return json.dumps(value, separators=(",", ":"), ensure_ascii=False,
-                      allow_nan=False).encode("utf-8")
-
-
 def _publication_json(publication: Publication) -> bytes:
     """
     C{{"data": <as published>, "offset": N}}; the data is not re-encoded,
@@ -101,7 +102,7 @@ def _publication_json(publication: Publication) -> bytes:
 
 
 def encode_pub_push(publication: Publication) -> bytes:
-    return (b'{"push":{"channel":' + _compact(publication.channel) + b',"pub":'
+    return (b'{"push":{"channel":' + compact(publication.channel) + b',"pub":'
             + _publication_json(publication) + b"}}")
 
 
@@ -120,7 +121,7 @@ class _Subscription:
         # (None once it is); the SDKs drop pushes for a channel before that.
         self.pending: list[Publication] | None = []
         self.ready = False  # the reply is made
-        self.position: StreamPosition | None = None
+        self.position: StreamPosition | Publication | None = None
 
 
 class _ChannelSubscriber:
@@ -145,7 +146,7 @@ class CentrifugeWire:
 
     transport_name = "centrifuge"
     __slots__ = ("protocol", "omega", "identity", "connected", "subscriptions", "_bucket",
-                 "_batch", "_closing")
+                 "_batch", "_batch_size", "_closing", "_connect_deadline")
 
     def __init__(self, protocol: OmegaProtocol) -> None:
         self.protocol = protocol
@@ -158,8 +159,10 @@ class CentrifugeWire:
         # order, and goes out as one frame: a reply always precedes the
         # pushes that follow from it.
         self._batch: list[bytes] | None = None
+        self._batch_size = 0
         # A disconnect decided while handling a frame, done once its replies are out.
         self._closing: tuple[int, str] | None = None
+        self._connect_deadline: IDelayedCall | None = None
 
     # -- lifecycle ------------------------------------------------------------
 
@@ -178,8 +181,19 @@ class CentrifugeWire:
         if server.publish_rate:
             self._bucket = TokenBucket(server.publish_rate, server.publish_burst, now)
         omega.registry.add(self.protocol)
+        # A client must say connect soon: it gets no pings before, so the idle
+        # monitor alone would let it sit for idle_timeout.
+        self._connect_deadline = omega.clock.callLater(
+            server.handshake_timeout, self._not_connected)
+
+    def _not_connected(self) -> None:
+        self._connect_deadline = None
+        if not self.connected:
+            self.protocol.reject(STALE, "stale", "stale")
 
     def on_close(self, was_clean: bool, close_code: int) -> None:
+        if self._connect_deadline is not None and self._connect_deadline.active():
+            self._connect_deadline.cancel()
         for subscriber in list(self.subscriptions.values()):
             self._leave(subscriber)
         self.subscriptions.clear()
@@ -192,26 +206,35 @@ class CentrifugeWire:
             self._disconnect(BAD_REQUEST, "bad request")
             return
         self._batch = []
+        self._batch_size = 0
         try:
             self._handle_frame(payload)
         finally:
             batch, self._batch = self._batch, None
             self._write(batch)
         if self._closing is not None:
-            self._disconnect(*self._closing)
+            closing, self._closing = self._closing, None
+            self._disconnect(*closing)
 
     def _handle_frame(self, payload: bytes) -> None:
-        for line in payload.split(b"\n"):
-            if not line.strip():
-                continue
+        lines = [line for line in payload.split(b"\n") if line.strip()]
+        if len(lines) > MAX_COMMANDS_PER_FRAME:
+            self._closing = (BAD_REQUEST, "bad request")
+            return
+        for line in lines:
+            if self._closing is not None:
+                return
             try:
-                command = json.loads(line)
+                command = loads_strict(line)
             except ValueError:
                 command = None
             if not isinstance(command, dict):
                 self._closing = (BAD_REQUEST, "bad request")
                 return
-            if not command:  # {}: the pong
+            if not command:  # {}: the pong (before connect, there was no ping)
+                if not self.connected:
+                    self._closing = (BAD_REQUEST, "bad request")
+                    return
                 self.protocol.info.ping_sent_at = None
                 continue
             try:
@@ -222,7 +245,21 @@ class CentrifugeWire:
             if isinstance(reply, Deferred):
                 reply.addCallback(self._send_reply)
             elif reply is not None:
-                self._batch.append(reply)  # type: ignore[union-attr]
+                self._batched(reply)
+
+    def _batched(self, message: bytes) -> None:
+        """
+        Add to the frame being answered.  A frame whose answer would pass
+        C{server.max_queue_size} (many history commands, say) ends the
+        connection as slow rather than grow the server without bound.
+        """
+        assert self._batch is not None
+        self._batch_size += len(message)
+        if self._batch_size > self.omega.config.server.max_queue_size:
+            self._batch.clear()
+            self._closing = (SLOW, "slow")
+        elif self._closing is None:
+            self._batch.append(message)
 
     def _dispatch(self, command: dict[str, Any]) -> bytes | Deferred[bytes | None] | None:
         command_id = command.get("id", 0)
@@ -253,7 +290,7 @@ class CentrifugeWire:
         if not command_id:
             return None  # no id, no reply (e.g. send)
         if isinstance(body, ReplyError):
-            return _compact({"id": command_id, "error": body.as_dict()})
+            return compact({"id": command_id, "error": body.as_dict()})
         return encode_reply(command_id, method, body)
 
     def _reply_failure(self, command_id: int, method: str, failure: Failure) -> bytes | None:
@@ -284,7 +321,8 @@ class CentrifugeWire:
     def _send(self, messages: list[bytes]) -> None:
         """Send now, or after the frame being handled: never ahead of earlier replies."""
         if self._batch is not None:
-            self._batch.extend(messages)
+            for message in messages:
+                self._batched(message)
         else:
             self._write(messages)
 
@@ -303,7 +341,7 @@ class CentrifugeWire:
     def _push_disconnect(self, code: int, reason: str) -> None:
         """The disconnect push, then the close frame with the same code (SDKs take either)."""
         if self.connected:
-            self._send([_compact({"push": {"disconnect": {"code": code, "reason": reason}}})])
+            self._send([compact({"push": {"disconnect": {"code": code, "reason": reason}}})])
 
     def close_with(self, code: int, reason: str) -> None:
         self._push_disconnect(code, reason)
@@ -346,6 +384,8 @@ class CentrifugeWire:
         info.user = identity.user
         info.expires_at = identity.expires_at
         self.connected = True
+        if self._connect_deadline is not None and self._connect_deadline.active():
+            self._connect_deadline.cancel()
         return {"client": info.client_id, "version": __version__,
                 "ping": max(1, round(self.omega.config.heartbeat.ping_interval)),
                 "pong": True, **self._expiry(identity)}
@@ -377,6 +417,13 @@ class CentrifugeWire:
         channel = self._channel(body)
         if channel in self.subscriptions:
             raise ReplyError(ALREADY_SUBSCRIBED, "already subscribed")
+        if len(self.subscriptions) >= MAX_CHANNELS:
+            raise ReplyError(LIMIT_EXCEEDED, "limit exceeded")
+        # Everything that can be refused is checked before anything is registered.
+        recover = bool(body.get("recover"))
+        since = None
+        if recover:
+            since = StreamPosition(str(body.get("epoch", "")), _offset(body.get("offset", 0)))
         subscription = _Subscription(channel, bool(body.get("join_leave")))
         subscriber = _ChannelSubscriber(self, subscription)
         self.subscriptions[channel] = subscriber
@@ -384,13 +431,8 @@ class CentrifugeWire:
         omega = self.omega
         omega.hub.subscribe(channel, subscriber)  # live publications are held meanwhile
         broker = omega.hub.broker
-        recover = bool(body.get("recover"))
-        if recover:
-            since = StreamPosition(str(body.get("epoch", "")), _offset(body.get("offset", 0)))
-            d: Deferred[Any] = broker.recover(channel, since)
-            requested = since.offset
-        else:
-            d = broker.position(channel)
+        d: Deferred[Any] = (broker.recover(channel, since) if since is not None
+                            else broker.position(channel))
 
         def answer(result: Recovery | StreamPosition) -> _Raw:
             position = result.position if isinstance(result, Recovery) else result
@@ -398,12 +440,15 @@ class CentrifugeWire:
                                      "epoch": position.epoch, "offset": position.offset}
             missed: list[Publication] = []
             if isinstance(result, Recovery):
+                if _size(result.publications) > omega.config.server.max_queue_size:
+                    # Too much to send in one reply: the client resyncs instead.
+                    result = Recovery(False, [], result.position)
                 reply["was_recovering"] = True
                 reply["recovered"] = result.recovered
                 if result.recovered:
                     # As Centrifugo: the position the client sent; it advances
                     # through the publications that come with the reply.
-                    reply["offset"] = requested
+                    reply["offset"] = since.offset  # type: ignore[union-attr]
                 else:
                     omega.metrics.recovery_gaps.labels("centrifuge").inc()
                 missed = result.publications
@@ -424,12 +469,12 @@ class CentrifugeWire:
             subscription.pending.append(publication)
             return
         position = subscription.position
-        if (position is not None and publication.epoch == position.epoch
-                and publication.offset <= position.offset):
+        if (position is not None and publication.offset <= position.offset
+                and publication.epoch == position.epoch):
             return  # already in the subscribe reply
-        subscription.position = StreamPosition(publication.epoch, publication.offset)
+        subscription.position = publication  # it has epoch and offset: no new object
         if self._batch is not None:
-            self._batch.append(_push_bytes(publication))
+            self._batched(_push_bytes(publication))
             return
         prepared = publication.encoded("centrifuge", self._prepare_push)
         self.protocol.send_prepared(cast(PreparedMessage, prepared))
@@ -457,11 +502,12 @@ class CentrifugeWire:
 
     def _leave(self, subscriber: _ChannelSubscriber) -> None:
         self.omega.hub.unsubscribe(subscriber.subscription.channel, subscriber)
-        self._announce(subscriber, "leave")
+        if subscriber.subscription.ready:  # its join was announced
+            self._announce(subscriber, "leave")
 
     def _server_unsubscribe(self, channel: str, code: int, reason: str) -> None:
         self._forget(channel)
-        self._send([_compact({"push": {"channel": channel,
+        self._send([compact({"push": {"channel": channel,
                                        "unsubscribe": {"code": code, "reason": reason}}})])
 
     def _client_info(self) -> dict[str, Any]:
@@ -471,7 +517,7 @@ class CentrifugeWire:
     def _announce(self, subscriber: _ChannelSubscriber, kind: str) -> None:
         """join/leave pushes to the channel's subscribers that asked for them."""
         channel = subscriber.subscription.channel
-        push = _compact({"push": {"channel": channel, kind: {"info": self._client_info()}}})
+        push = compact({"push": {"channel": channel, kind: {"info": self._client_info()}}})
         for other in self.omega.hub.subscribers(channel):
             if (isinstance(other, _ChannelSubscriber) and other is not subscriber
                     and other.subscription.join_leave):
@@ -489,7 +535,7 @@ class CentrifugeWire:
         if "data" not in body:
             raise ReplyError(BAD_REQUEST_ERROR, "bad request")
         try:
-            data = _compact(body["data"])
+            data = compact(body["data"])
         except ValueError:
             raise ReplyError(BAD_REQUEST_ERROR, "bad request") from None
         omega.metrics.messages_published.labels("centrifuge").inc()
@@ -516,20 +562,24 @@ class CentrifugeWire:
             publications, top = result
             if since is not None and since.epoch and since.epoch != top.epoch:
                 raise ReplyError(UNRECOVERABLE_POSITION, "unrecoverable position")
+            if _size(publications) > self.omega.config.server.max_queue_size:
+                raise ReplyError(LIMIT_EXCEEDED, "limit exceeded")  # ask for fewer
             return _Raw({"epoch": top.epoch, "offset": top.offset}, publications)
 
         return broker.history(channel, since, wanted, reverse).addCallback(answer)
 
+    def _members(self, channel: str) -> list[ClientInfo]:
+        # Centrifuge clients only: a raw client's client_id is what resumes
+        # its session, so other clients must not learn it.
+        return [m for m in self.omega.hub.members(channel) if m.transport == "centrifuge"]
+
     def handle_presence(self, body: dict[str, Any]) -> dict[str, Any]:
-        channel = self._channel(body)
-        members = {}
-        for info in self.omega.hub.members(channel):
-            members[info.client_id] = {"user": info.user, "client": info.client_id}
-        return {"presence": members}
+        members = self._members(self._channel(body))
+        return {"presence": {m.client_id: {"user": m.user, "client": m.client_id}
+                             for m in members}}
 
     def handle_presence_stats(self, body: dict[str, Any]) -> dict[str, Any]:
-        channel = self._channel(body)
-        members = self.omega.hub.members(channel)
+        members = self._members(self._channel(body))
         return {"num_clients": len(members), "num_users": len({m.user for m in members})}
 
     def handle_rpc(self, body: dict[str, Any]) -> Any:
@@ -582,11 +632,15 @@ class _Raw:
         self.publications = publications
 
 
+def _size(publications: list[Publication]) -> int:
+    return sum(len(p.data) for p in publications)
+
+
 def _offset(value: Any) -> int:
     """Offsets arrive as numbers, or as strings from 64-bit-safe encoders."""
     try:
         offset = int(value)
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError):
         raise ReplyError(BAD_REQUEST_ERROR, "bad request") from None
     if offset < 0:
         raise ReplyError(BAD_REQUEST_ERROR, "bad request")
@@ -596,11 +650,11 @@ def _offset(value: Any) -> int:
 def encode_reply(command_id: int, method: str, body: Any) -> bytes:
     """A reply; C{_Raw} bodies get their publications spliced in without re-encoding."""
     if isinstance(body, _Raw):
-        head = _compact(body.body)[:-1]
+        head = compact(body.body)[:-1]
         publications = b",".join(_publication_json(p) for p in body.publications)
         separator = b"," if body.body else b""
         inner = head + separator + b'"publications":[' + publications + b"]}"
         prefix = b'{"id":' + str(command_id).encode() + b',"' + method.encode() + b'":'
         return prefix + inner + b"}"
-    return _compact({"id": command_id, method: body if body is not None else {}})
+    return compact({"id": command_id, method: body if body is not None else {}})
 

@@ -18,9 +18,12 @@ from typing import Any
 
 from twisted.internet import tcp
 from twisted.internet.interfaces import IDelayedCall, IPushProducer, IReactorTime, ITransport
+from twisted.logger import Logger
 from zope.interface import implementer
 
 __all__ = ["FlushScheduler", "Outbox"]
+
+_log = Logger()
 
 
 class FlushScheduler:
@@ -42,7 +45,11 @@ class FlushScheduler:
         self._call = None
         dirty, self._dirty = self._dirty, []
         for outbox in dirty:
-            outbox.flush()
+            try:
+                outbox.flush()
+            except Exception:
+                # One connection's failure must not stall the others' output.
+                _log.failure("flushing an outbox failed")
 
 
 @implementer(IPushProducer)
@@ -108,10 +115,10 @@ class Outbox:
                 return False
         return True
 
-    def flush(self) -> None:
+    def flush(self, force: bool = False) -> None:
         """Hand everything queued to the transport in one write (unless paused)."""
         frames = self._frames
-        if self.paused or not frames:
+        if (self.paused and not force) or not frames:
             return
         data = frames[0] if len(frames) == 1 else b"".join(frames)
         mark = self._mark
@@ -142,6 +149,11 @@ class Outbox:
                 return
             data = data[sent:]
         self._transport.write(data)
+
+    def close(self) -> None:
+        """Take nothing more: the connection is closing."""
+        self.overflowed = True
+        self.discard()
 
     def discard(self) -> None:
         self._frames = []

@@ -12,7 +12,6 @@ L{apply_limits}.  The wire protocols are documented in C{docs/}.
 
 from __future__ import annotations
 
-import json
 import re
 import types
 from collections.abc import Callable
@@ -38,32 +37,22 @@ from .metrics import Metrics
 from .outbox import FlushScheduler, Outbox
 from .registry import ClientInfo, ConnectionState, Registry
 
-__all__ = ["OmegaProtocol", "OmegaServerFactory", "Wire", "parse_json_object"]
+__all__ = ["OmegaProtocol", "OmegaServerFactory", "Wire"]
 
 _log = Logger()
 
 CLOSE_HANDSHAKE_TIMEOUT = 2.0
 _HTTP_REASONS = {400: "bad_request", 401: "unauthorized", 403: "forbidden", 404: "path",
-                 426: "not_websocket", 429: "reconnecting_too_often",
+                 409: "client_id_conflict", 426: "not_websocket", 429: "reconnecting_too_often",
                  431: "header_too_large", 500: "internal", 503: "capacity"}
 _HANDSHAKE_LEFTOVERS = ("http_request_data", "http_response_data", "http_headers",
                        "http_status_line", "http_request_uri", "http_request_params",
                        "websocket_extensions", "websocket_protocols")
-# rpc handler: (client info, method, data) -> result data, or a Deferred of it.
+_KNOWN_CLOSE_CODES = frozenset(
+    [1000, 1001, 1002, 1003, 1006, 1007, 1008, 1009, 1011, 4000, 4001, 4008,
+     3001, 3005, 3008, 3011, 3012, 3500, 3501, 3502, 3503])
+# rpc handler: (client info, data) -> result data, or a Deferred of it.
 RpcHandler = Callable[[ClientInfo, Any], Any]
-
-
-def _reject_constant(name: str) -> Any:
-    raise ValueError(f"{name} is not JSON")
-
-
-def parse_json_object(payload: bytes) -> dict[str, Any] | None:
-    """The JSON object in C{payload} (UTF-8), or None if it is anything else."""
-    try:
-        value = json.loads(payload.decode("utf-8"), parse_constant=_reject_constant)
-    except ValueError:  # UnicodeDecodeError and JSONDecodeError are ValueErrors
-        return None
-    return value if isinstance(value, dict) else None
 
 
 def _origin_pattern(patterns: tuple[str, ...]) -> re.Pattern[str]:
@@ -130,6 +119,7 @@ class OmegaProtocol(WebSocketServerProtocol):
     _ip: str | None = None
     _retry_after: int | None = None
     _error_counted = False
+    _over_ip_limit = False
 
     @property
     def omega(self) -> OmegaServerFactory:
@@ -138,6 +128,9 @@ class OmegaProtocol(WebSocketServerProtocol):
     # -- handshake ---------------------------------------------------------
 
     def processHandshake(self) -> None:
+        if self._over_ip_limit:
+            self.failHandshake("Too Many Connections From This Address", 503)
+            return
         # Autobahn buffers the request head without bound; cap it.
         limit = self.omega.config.server.max_handshake_size
         end = self.data.find(b"\r\n\r\n")
@@ -164,19 +157,11 @@ class OmegaProtocol(WebSocketServerProtocol):
     ) -> Deferred[None] | str | None:
         try:
             omega = self.omega
-            server = omega.config.server
             origin = request.headers.get("origin")
             if origin is not None and not omega.origin_allowed(origin):
                 raise ConnectionDeny(403, "Origin Not Allowed")
-            ip: str | None = getattr(self.transport and self.transport.getPeer(), "host", None)
-            limit = server.max_connections_per_ip
-            if limit and ip is not None and omega.per_ip.get(ip, 0) >= limit:
-                raise ConnectionDeny(503, "Too Many Connections From This Address")
             self.wire = omega.make_wire(self, request.path)
             result = self.wire.on_connect(request)
-            if ip is not None:
-                omega.per_ip[ip] = omega.per_ip.get(ip, 0) + 1
-                self._ip = ip
         except ConnectionDeny:
             raise
         except Exception:
@@ -242,8 +227,9 @@ class OmegaProtocol(WebSocketServerProtocol):
         elif outbox.admit(len(prepared.payload)):
             # Compression negotiated: Autobahn compresses per connection, and
             # the outbox only keeps count while the transport is full.
-            self.flush_output()
             self.sendPreparedMessage(prepared)
+            if mark is not None and self.wire is not None:
+                self.wire.written(mark)
 
     def send_text(self, payload: bytes) -> None:
         """Queue one text message for this connection only."""
@@ -255,8 +241,11 @@ class OmegaProtocol(WebSocketServerProtocol):
 
     def sendCloseFrame(self, code: int | None = None, reasonUtf8: bytes | None = None,
                        isReply: bool = False) -> None:
-        # What was queued before the close goes out before it.
-        self.flush_output()
+        # What was queued goes out before the close (even to a paused transport:
+        # it buffers), and nothing after it.
+        if self.outbox is not None:
+            self.outbox.flush(force=True)
+            self.outbox.close()
         super().sendCloseFrame(code, reasonUtf8, isReply)
 
     def _slow_consumer(self) -> None:
@@ -328,36 +317,54 @@ class OmegaProtocol(WebSocketServerProtocol):
         self.dropConnection(abort=True)
 
     def onClose(self, wasClean: bool, code: int | None, reason: str | None) -> None:
-        omega = self.omega
-        if self._ip is not None:
-            remaining = omega.per_ip.get(self._ip, 1) - 1
-            if remaining > 0:
-                omega.per_ip[self._ip] = remaining
-            else:
-                omega.per_ip.pop(self._ip, None)
-            self._ip = None
         info = getattr(self, "info", None)
         if info is None or self.wire is None:  # the handshake never completed
             return
+        omega = self.omega
         sent = self.localCloseCode if (self.closedByMe or self.failedByMe) else None
         close_code = sent or self.remoteCloseCode or 1006
-        omega.metrics.closes.labels(str(close_code)).inc()
-        self.wire.on_close(wasClean, close_code)
-        if self.failedByMe and not self._error_counted:
-            # Autobahn's own checks (oversize, bad UTF-8 text, protocol errors).
-            info.error_count += 1
-        abnormal = not wasClean or self.failedByMe
-        new_state = ConnectionState.ERROR if abnormal else ConnectionState.DISCONNECTED
-        why = self.wasNotCleanReason if not wasClean else f"closed with {close_code}"
-        omega.registry.transition(self, new_state, why or "closed")
+        # Clients choose their close codes: keep the metric's label set small.
+        omega.metrics.closes.labels(str(close_code) if close_code in _KNOWN_CLOSE_CODES
+                                    else "other").inc()
+        try:
+            self.wire.on_close(wasClean, close_code)
+        finally:  # the registry entry must end whatever the wire did
+            if self.failedByMe and not self._error_counted:
+                # Autobahn's own checks (oversize, bad UTF-8 text, protocol errors).
+                info.error_count += 1
+            abnormal = not wasClean or self.failedByMe
+            new_state = ConnectionState.ERROR if abnormal else ConnectionState.DISCONNECTED
+            why = self.wasNotCleanReason if not wasClean else f"closed with {close_code}"
+            omega.registry.transition(self, new_state, why or "closed")
 
     def connectionLost(self, reason: Failure = None) -> None:  # type: ignore[assignment]
-        super().connectionLost(reason)
-        self.omega.connection_gone(self)
+        try:
+            super().connectionLost(reason)
+        finally:
+            omega = self.omega
+            if self._ip is not None:
+                remaining = omega.per_ip.get(self._ip, 1) - 1
+                if remaining > 0:
+                    omega.per_ip[self._ip] = remaining
+                else:
+                    omega.per_ip.pop(self._ip, None)
+                self._ip = None
+            omega.connection_gone(self)
 
     def connectionMade(self) -> None:
         super().connectionMade()
-        self.omega.connections.add(self)
+        omega = self.omega
+        omega.connections.add(self)
+        # Counted from the first byte: bare sockets from one address count too.
+        limit = omega.config.server.max_connections_per_ip
+        ip: str | None = getattr(self.transport and self.transport.getPeer(), "host", None)
+        if limit and ip is not None:
+            count = omega.per_ip.get(ip, 0)
+            if count >= limit:
+                self._over_ip_limit = True  # refused at its first bytes
+            else:
+                omega.per_ip[ip] = count + 1
+                self._ip = ip
 
 
 class OmegaServerFactory(WebSocketServerFactory):

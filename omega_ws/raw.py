@@ -34,6 +34,7 @@ from twisted.python.failure import Failure
 from .auth import ANONYMOUS, Identity, InvalidToken
 from .config import valid_channel
 from .history import Publication, Recovery, StreamPosition
+from .jsonutil import parse_json_object
 from .limits import TokenBucket
 from .registry import ClientInfo, ConnectionState
 from .sessions import Session, admit
@@ -86,7 +87,7 @@ class RawWire:
         self.session: Session | None = None  # only with an explicit client_id
         # Last publication handed to the transport (what a session resumes
         # from), and last one queued for it (what is skipped as a duplicate).
-        self.position: StreamPosition | None = None
+        self.position: StreamPosition | Publication | None = None
         # (a Publication once one was queued: no new object per delivery)
         self._queued: StreamPosition | Publication | None = None
         self._replaying: list[Publication] | None = None  # live ones held back meanwhile
@@ -134,9 +135,15 @@ class RawWire:
 
     def _admit(self, session: Session | None) -> Deferred[None] | None:
         omega = self.omega
-        if session is None or session.user != self.identity.user:
-            # A new session; never resume someone else's.
-            self.session = Session(self.client_id, user=self.identity.user)
+        user = self.identity.user
+        live = omega.registry.get(self.client_id)
+        if (session is not None and session.user != user) or (
+                live is not None and live.info.user != user):
+            # Another user's client_id: neither its session nor its connection
+            # may be taken over.
+            raise ConnectionDeny(409, "client_id Belongs To Another User")
+        if session is None:
+            self.session = Session(self.client_id, user=user)
             return None
         reconnect = omega.config.reconnect
         now = omega.clock.seconds()
@@ -181,9 +188,10 @@ class RawWire:
         if replaced is not None:
             replaced.close_replaced()
         omega.hub.subscribe(self.channel, self)
-        if resuming and self.position is not None:
+        resume_from = session.positions.get(self.channel) if session is not None else None
+        if resuming and resume_from is not None:
             self._replaying = []
-            omega.hub.broker.recover(self.channel, self.position).addCallback(
+            omega.hub.broker.recover(self.channel, resume_from).addCallback(
                 self._replay).addErrback(self._replay_failed)
         else:
             if resuming:
@@ -201,8 +209,8 @@ class RawWire:
             self._finish_replay(recovery.publications, gap=False)
             return None
         # History no longer covers the gap: send what it has, and say so in logs and metrics.
-        since = self.position
-        assert since is not None
+        assert self.position is not None
+        since = StreamPosition(self.position.epoch, self.position.offset)
         if since.epoch != recovery.position.epoch:
             since = StreamPosition(recovery.position.epoch, 0)
         return self.omega.hub.broker.history(self.channel, since, None, False).addCallback(
@@ -230,8 +238,6 @@ class RawWire:
     # -- frames ---------------------------------------------------------------
 
     def on_message(self, payload: bytes, is_binary: bool) -> None:
-        from .protocol import parse_json_object
-
         omega = self.omega
         protocol = self.protocol
         omega.metrics.messages_received.labels("raw").inc()
@@ -265,7 +271,7 @@ class RawWire:
         self._queued = publication
 
     def written(self, publication: Publication) -> None:
-        self.position = StreamPosition(publication.epoch, publication.offset)
+        self.position = publication  # epoch and offset; made a StreamPosition on close
 
     def close_slow(self) -> None:
         self.protocol.fail_with(SLOW_CONSUMER, "slow consumer")
@@ -306,5 +312,6 @@ class RawWire:
         session.reconnect_count = info.reconnect_count
         session.disconnected_at = omega.clock.seconds()
         if self.position is not None:
-            session.positions[self.channel] = self.position
+            session.positions[self.channel] = StreamPosition(self.position.epoch,
+                                                             self.position.offset)
         omega.hub.broker.sessions.put(session, omega.config.reconnect.session_ttl)

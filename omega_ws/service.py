@@ -9,7 +9,6 @@ L{start_server} / L{stop_server} run one from a script or a test.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Mapping
 from typing import Any, cast
 
@@ -27,6 +26,7 @@ from .auth import TokenVerifier
 from .broker import Publication, make_broker
 from .config import Config, load_config
 from .hub import Hub
+from .jsonutil import compact
 from .metrics import Metrics
 from .protocol import EchoFactory, OmegaServerFactory, RpcHandler
 from .registry import Registry
@@ -163,7 +163,10 @@ class OmegaService(MultiService):
                 continue
             delay = grace if info.transport == "centrifuge" else 0.0
             if info.expires_at + delay <= now:
-                connection.close_expired()
+                try:
+                    connection.close_expired()
+                except Exception:
+                    _log.failure("closing expired {client_id} failed", client_id=info.client_id)
 
     def _count_delivery(self, publication: Publication, subscribers: int) -> None:
         self.metrics.messages_delivered.inc(subscribers)
@@ -230,11 +233,10 @@ class OmegaService(MultiService):
         @raise ValueError: C{data} is not JSON (NaN, Infinity, other types).
         """
         try:
-            # allow_nan=False: NaN and Infinity are not JSON; raw clients must get JSON.
-            text = json.dumps(data, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+            # NaN and Infinity are refused: raw clients must get JSON.
+            payload = compact(data)
         except TypeError as e:
             raise ValueError(f"data is not JSON-serializable: {e}") from None
-        payload = text.encode("utf-8")
         self.metrics.messages_published.labels("api").inc()
         return self.hub.publish(channel, payload)
 

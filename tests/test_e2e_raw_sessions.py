@@ -158,16 +158,24 @@ async def test_raw_connection_closed_when_its_token_expires(serve: StartServer) 
 
 
 @ensure_deferred
-async def test_a_session_is_never_resumed_by_another_user(serve: StartServer) -> None:
+async def test_a_client_id_is_never_taken_over_by_another_user(serve: StartServer) -> None:
     server = await serve(auth={"token_secret": SECRET})
     base = f"ws://127.0.0.1:{server.port}/news?client_id=shared"
     ws = await connect(f"{base}&token={token('alice')}")
     await aio(ws.close())
     await sleep(0.05)
     await server.publish("news", {"secret": "for alice"})
-    ws = await connect(f"{base}&token={token('mallory')}")
-    assert await nothing_arrives(ws)
-    await aio(ws.close())
+    with pytest.raises(InvalidStatus) as refused:  # held session of another user
+        await connect(f"{base}&token={token('mallory')}")
+    assert refused.value.response.status_code == 409
+    alice = await connect(f"{base}&token={token('alice')}")
+    assert await recv(alice) == '{"secret":"for alice"}'  # still hers
+    with pytest.raises(InvalidStatus) as refused:  # live connection of another user
+        await connect(f"{base}&token={token('mallory')}")
+    assert refused.value.response.status_code == 409
+    assert server.registry.get("shared").info.user == "alice"  # type: ignore[union-attr]
+    assert await nothing_arrives(alice)  # not replaced: no 4000 close, nothing else
+    await aio(alice.close())
 
 
 @ensure_deferred
