@@ -7,8 +7,7 @@ The admin HTTP listener: health, Prometheus metrics and the server API.
   - C{POST /api/<method>}: a JSON body, the key in C{X-API-Key} when
     C{admin.api_key} is set, in the shape of Centrifugo's server API:
     C{{"result": {...}}} on success, C{{"error": {"code", "message"}}}
-    otherwise.  Methods: C{publish} (C{{channel, data}} ->
-    C{{"result": {"offset", "epoch"}}}), C{info}.
+    otherwise.  The methods are in C{api.py}.
 """
 
 from __future__ import annotations

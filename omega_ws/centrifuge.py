@@ -144,7 +144,6 @@ class _ChannelSubscriber:
 class CentrifugeWire:
     """The Centrifuge protocol on one connection: several channels, recovery, tokens."""
 
-    transport_name = "centrifuge"
     __slots__ = ("protocol", "omega", "identity", "connected", "subscriptions", "_bucket",
                  "_batch", "_batch_size", "_closing", "_connect_deadline")
 

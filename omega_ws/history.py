@@ -163,10 +163,15 @@ class Streams:
         return Recovery(True, kept, position)
 
     def expire(self, now: float) -> None:
-        """Drop publications past their TTL and streams idle past C{meta_ttl}."""
+        """
+        Drop publications past their TTL and streams idle past C{meta_ttl};
+        a stream nothing was ever published on (made by a read) goes after
+        C{ttl}, so that reads of random channels cannot pile up streams.
+        """
         for channel, stream in list(self._streams.items()):
             self._trim(stream, now)
-            if now - stream.touched >= self.meta_ttl:
+            idle = now - stream.touched
+            if idle >= self.meta_ttl or (stream.offset == 0 and idle >= self.ttl):
                 del self._streams[channel]
 
     def _trim(self, stream: _Stream, now: float) -> None:

@@ -67,8 +67,6 @@ class Wire(Protocol):
     turns frames into hub calls and publications into frames.
     """
 
-    transport_name: str
-
     def on_connect(self, request: ConnectionRequest) -> Deferred[None] | str | None:
         """
         Check the handshake; raise ConnectionDeny to refuse it.  Returns the

@@ -74,7 +74,6 @@ def request_token(request: ConnectionRequest) -> str | None:
 class RawWire:
     """The raw protocol on one connection; subscribes itself to the hub."""
 
-    transport_name = "raw"
     __slots__ = ("protocol", "omega", "channel", "client_id", "identity", "session",
                  "position", "_queued", "_replaying", "_bucket")
 

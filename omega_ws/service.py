@@ -230,13 +230,18 @@ class OmegaService(MultiService):
     def publish(self, channel: str, data: Any) -> Deferred[Publication]:
         """
         Publish a JSON-serializable C{data} on C{channel}.
-        @raise ValueError: C{data} is not JSON (NaN, Infinity, other types).
+        @raise ValueError: C{data} is not JSON (NaN, Infinity, other types), or
+            its JSON is longer than C{server.max_message_size}.
         """
         try:
             # NaN and Infinity are refused: raw clients must get JSON.
             payload = compact(data)
         except TypeError as e:
             raise ValueError(f"data is not JSON-serializable: {e}") from None
+        limit = self.config.server.max_message_size
+        if len(payload) > limit:  # no client would take it
+            raise ValueError(f"data is {len(payload)} bytes, over server.max_message_size "
+                             f"({limit})")
         self.metrics.messages_published.labels("api").inc()
         return self.hub.publish(channel, payload)
 

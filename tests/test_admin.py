@@ -138,3 +138,11 @@ async def test_get_and_head_on_the_api_are_405(serve: StartServer) -> None:
         status, headers, _ = await http(method, "127.0.0.1", server.admin_port, "/api/publish")
         assert status == 405
         assert headers["allow"] == "POST"
+
+
+@ensure_deferred
+async def test_api_data_over_the_message_size_limit_is_refused(serve: StartServer) -> None:
+    server = await serve(server={"max_message_size": 64})
+    status, body = await api(server.admin_port, "publish", {"channel": "a", "data": "x" * 100})
+    assert (status, body["error"]["code"]) == (400, 107)
+    assert "max_message_size" in body["error"]["message"]

@@ -248,3 +248,13 @@ def test_encoded_is_computed_once_per_format() -> None:
     assert p.encoded("raw", encode) == b"{}!"
     assert p.encoded("centrifuge", encode) == b"{}!"
     assert calls == ["x", "x"]
+
+
+def test_a_stream_made_by_a_read_alone_goes_after_ttl() -> None:
+    streams = _streams(ttl=100.0, meta_ttl=1000.0)
+    streams.position("read-only", 0.0)
+    streams.add("published", b"{}", 0.0)
+    streams.expire(150.0)
+    assert len(streams) == 1  # the published one stays until meta_ttl
+    streams.expire(1200.0)
+    assert len(streams) == 0
