@@ -199,8 +199,14 @@ class OmegaProtocol(WebSocketServerProtocol):
         info = self.info
         info.last_message = self.omega.clock.seconds()
         info.message_count += 1
-        assert self.wire is not None
-        self.wire.on_message(payload, isBinary)
+        try:
+            assert self.wire is not None
+            self.wire.on_message(payload, isBinary)
+        except Exception:
+            # A bug must cost this connection only, with a proper close code.
+            _log.failure("handling a message from {client_id} failed",
+                         client_id=info.client_id)
+            self._fail_connection(1011, "Internal error")
 
     def onPing(self, payload: bytes) -> None:
         self.info.last_message = self.omega.clock.seconds()
@@ -232,10 +238,6 @@ class OmegaProtocol(WebSocketServerProtocol):
     def send_text(self, payload: bytes) -> None:
         """Queue one text message for this connection only."""
         self.send_prepared(self.omega.prepare(payload))
-
-    def flush_output(self) -> None:
-        if self.outbox is not None:
-            self.outbox.flush()
 
     def sendCloseFrame(self, code: int | None = None, reasonUtf8: bytes | None = None,
                        isReply: bool = False) -> None:
