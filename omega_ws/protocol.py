@@ -190,6 +190,10 @@ class OmegaProtocol(WebSocketServerProtocol):
             # The handshake is done: what it kept is dead weight on idle connections.
             for name in _HANDSHAKE_LEFTOVERS:
                 self.__dict__.pop(name, None)
+            # Autobahn's queue for chopped or "sync" writes, which omega-ws never
+            # asks for: an empty tuple instead of a deque on every connection
+            # (one of those writes would now fail loudly, not mix up bytes).
+            self.send_queue = ()  # type: ignore[assignment]
             self.wire.on_open()
         except Exception:
             _log.failure("onOpen failed for {peer}", peer=self.peer)
