@@ -201,3 +201,16 @@ def test_frames_behind_a_bad_one_are_not_published(harness: Harness) -> None:
     bad.dataReceived(client_frame(TEXT, b"oops") + client_frame(TEXT, b'{"late": 1}'))
     assert harness.flushed(reader_out) == b""
     assert [op for op, _ in server_frames(harness.flushed(bad_out))] == [CLOSE]
+
+
+def test_autobahn_is_left_as_it_was_after_a_connection(harness: Harness) -> None:
+    import pprint
+
+    import autobahn.websocket.protocol as autobahn_protocol
+
+    protocol, _ = harness.open()
+    # omega-ws skips Autobahn's per-connection option dump for its own calls only.
+    assert autobahn_protocol.pformat is pprint.pformat  # type: ignore[attr-defined]
+    # ...and its options are class attributes, not copies on each connection.
+    assert "maxMessagePayloadSize" not in vars(protocol)
+    assert protocol.maxMessagePayloadSize == harness.config.server.max_message_size
