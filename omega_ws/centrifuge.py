@@ -177,8 +177,7 @@ class CentrifugeWire:
         self.protocol.info = ClientInfo(str(uuid.uuid4()), str(self.protocol.peer),
                                         "centrifuge", now)
         server = omega.config.server
-        if server.publish_rate:
-            self._bucket = TokenBucket(server.publish_rate, server.publish_burst, now)
+        self._bucket = TokenBucket.for_publishing(server.publish_rate, server.publish_burst, now)
         omega.registry.add(self.protocol)
         # A client must say connect soon: it gets no pings before, so the idle
         # monitor alone would let it sit for idle_timeout.

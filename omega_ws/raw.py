@@ -170,8 +170,7 @@ class RawWire:
         info.expires_at = self.identity.expires_at
         info.channels.add(self.channel)
         server = omega.config.server
-        if server.publish_rate:
-            self._bucket = TokenBucket(server.publish_rate, server.publish_burst, now)
+        self._bucket = TokenBucket.for_publishing(server.publish_rate, server.publish_burst, now)
         session = self.session
         resuming = session is not None and session.disconnected_at is not None
         if session is not None:
