@@ -329,10 +329,12 @@ class CentrifugeWire:
             self.protocol.send_text(b"\n".join(messages))
 
     def _disconnect(self, code: int, reason: str) -> None:
-        if code in (BAD_REQUEST, INVALID_TOKEN):
-            # The client's fault: counted, and its entry ends in ERROR.
+        if code in (BAD_REQUEST, INVALID_TOKEN, SLOW):
+            # The client's fault (a bad command, a bad token, a frame asking for
+            # more than max_queue_size of answers): counted, and ends in ERROR.
             self._push_disconnect(code, reason)
-            self.protocol.reject(code, reason, reason.replace(" ", "_"))
+            metric = "answers_too_large" if code == SLOW else reason.replace(" ", "_")
+            self.protocol.reject(code, reason, metric)
         else:
             self.close_with(code, reason)
 

@@ -32,6 +32,7 @@ from twisted.internet.interfaces import IDelayedCall
 from twisted.logger import Logger
 from twisted.python import usage
 
+from .jsonutil import parse_json_object
 from .registry import ConnectionState
 
 __all__ = ["RawClient"]
@@ -254,10 +255,19 @@ def main(argv: list[str] | None = None) -> None:
 
         class Lines(LineReceiver):
             delimiter = b"\n"
+            number = 0
 
             def lineReceived(self, line: bytes) -> None:
-                if line.strip():
-                    client.publish(json.loads(line))
+                self.number += 1
+                if not line.strip():
+                    return
+                message = parse_json_object(line)
+                if message is None:  # skipped: the server would close the connection
+                    sys.stderr.write(f"omega-ws client: error: line {self.number}: "
+                                     "not a JSON object\n")
+                    status[0] = 2
+                    return
+                client.publish(message)
 
             def connectionLost(self, reason: object = None) -> None:
                 client.stop().addBoth(lambda _: reactor.stop())

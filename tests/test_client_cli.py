@@ -64,3 +64,28 @@ async def test_bad_message_and_unreachable_server_are_one_line_and_nonzero() -> 
     assert bad_err.decode().strip() == "omega-ws client: error: '[1, 2]': not a JSON object"
     assert gone_code == 1
     assert gone_err.decode().split() == ["[RECONNECTING]", "[ERROR]"]
+
+
+@ensure_deferred
+async def test_bad_stdin_lines_are_skipped_and_reported(serve: StartServer) -> None:
+    server = await serve()
+    received: list[object] = []
+
+    class Collect:
+        def deliver(self, publication: object) -> None:
+            received.append(publication.data)  # type: ignore[attr-defined]
+
+    server.service.hub.subscribe("feed", Collect())  # type: ignore[arg-type]
+
+    async def scenario() -> tuple[int | None, bytes]:
+        piped = await spawn("publish", f"ws://127.0.0.1:{server.port}/feed")
+        _, err = await asyncio.wait_for(
+            piped.communicate(b'{"a": 1}\nnot json\n[1]\n{"b": 2}\n'), 20)
+        return piped.returncode, err
+
+    code, err = await aio(scenario(), 30)
+    assert code == 2
+    assert err.decode().splitlines() == [
+        "[CONNECTED]", "omega-ws client: error: line 2: not a JSON object",
+        "omega-ws client: error: line 3: not a JSON object", "[DISCONNECTED]"]
+    assert received == [b'{"a": 1}', b'{"b": 2}']
