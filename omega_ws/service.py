@@ -180,6 +180,14 @@ class OmegaService(MultiService):
         @raise StartupError: a listener could not bind; nothing is left listening.
         """
         self.started_at = self.reactor.seconds()
+        # Warnings first: the "listening" lines are what watchers wait for.
+        if not self.config.server.cert:
+            _log.warn("wss:// listener is off: no certificate configured (set server.cert "
+                      "and server.key, --cert/--key, or SSL_CERT_PATH/SSL_KEY_PATH)")
+        if self.config.admin.enabled and not self.config.admin.api_key and not _is_loopback(
+                self.config.admin.host):
+            _log.warn("admin API on {host!r} is open to the network without admin.api_key",
+                      host=self.config.admin.host)
         self.broker.start()
         started: list[ListenerService] = []
         try:
@@ -191,13 +199,6 @@ class OmegaService(MultiService):
                 listener.stopService()
             self.broker.stop()
             raise
-        if not self.config.server.cert:
-            _log.warn("wss:// listener is off: no certificate configured (set server.cert "
-                      "and server.key, --cert/--key, or SSL_CERT_PATH/SSL_KEY_PATH)")
-        if self.config.admin.enabled and not self.config.admin.api_key and not _is_loopback(
-                self.config.admin.host):
-            _log.warn("admin API on {host!r} is open to the network without admin.api_key",
-                      host=self.config.admin.host)
         super().startService()
         systemd.notify("READY=1")
 
