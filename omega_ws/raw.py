@@ -173,20 +173,20 @@ class RawWire:
         self._bucket = TokenBucket.for_publishing(server.publish_rate, server.publish_burst, now)
         session = self.session
         resuming = session is not None and session.disconnected_at is not None
+        resume_from = None
         if session is not None:
             info.message_count = session.message_count
             info.error_count = session.error_count
             info.reconnect_count = session.reconnect_count + (1 if resuming else 0)
-            self.position = self._queued = session.positions.get(self.channel)
+            resume_from = session.positions.get(self.channel)
+            self.position = self._queued = resume_from
+            session.disconnected_at = None  # live again
         if resuming:
             info.state = ConnectionState.RECONNECTING
-        if session is not None:
-            session.disconnected_at = None  # live again
         replaced = omega.registry.add(protocol)
         if replaced is not None:
             replaced.close_replaced()
         omega.hub.subscribe(self.channel, self)
-        resume_from = session.positions.get(self.channel) if session is not None else None
         if resuming and resume_from is not None:
             self._replaying = []
             omega.hub.broker.recover(self.channel, resume_from).addCallback(
