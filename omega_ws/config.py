@@ -50,11 +50,24 @@ class ServerConfig:
     handshake_timeout: float = 5.0
     max_handshake_size: int = 16384
     max_connections_per_ip: int = 0
+    # Addresses that count as one for max_connections_per_ip and the
+    # per-address buckets: an IPv6 client gets a whole /64 (configurable).
+    ipv6_prefix: int = 64
     max_queue_size: int = 1048576
+    # Fragments one message may arrive in (each costs a frame's parsing and
+    # an object until the message is whole).
+    max_message_fragments: int = 1024
     publish_rate: float = 0.0
     publish_burst: int = 50
+    # Shared by every connection of one address (and of one token user);
+    # None derives it: 10 x publish_rate and 10 x publish_burst.  0 = off.
+    address_publish_rate: float | None = None
+    # Centrifuge subscribe commands per second per connection (burst: the
+    # 128-channel limit); 0 = no limit.
+    subscribe_rate: float = 20.0
     compression: bool = False
     compression_window_bits: int = 11
+    compression_no_context_takeover: bool = True
     testee_port: int | None = None
 
 
@@ -75,6 +88,9 @@ class ReconnectConfig:
     max_attempts: int = 3
     delay: float = 5.0
     session_ttl: float = 120.0
+    # Raw sessions held at once (live and disconnected); past it the least
+    # recently used held session is dropped.
+    max_sessions: int = 100000
 
 
 @dataclass(frozen=True, slots=True)
@@ -82,6 +98,10 @@ class ChannelsConfig:
     default: str = "broadcast"
     history_size: int = 1000
     history_ttl: float = 300.0
+    history_max_bytes: int = 16 * 1024 * 1024
+    history_total_bytes: int = 256 * 1024 * 1024
+    # Channel streams kept at once; past it the least recently used go.
+    max_streams: int = 100000
     allow_client_publish: bool = True
 
 
@@ -108,6 +128,12 @@ class AdminConfig:
     port: int = 9888
     enabled: bool = True
     api_key: str | None = None
+    # Origins (besides the admin listener's own) whose browser pages may
+    # call /api/*: a dashboard served elsewhere.  Patterns with *.
+    allowed_origins: tuple[str, ...] = ()
+    max_connections: int = 64
+    # Seconds a client has to send a whole request head.
+    request_timeout: float = 10.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -379,6 +405,12 @@ def _validate(config: Config) -> None:
     _at_least("server.max_handshake_size", s.max_handshake_size, 1024)
     _at_least("server.max_connections_per_ip", s.max_connections_per_ip, 0)
     _at_least("server.max_queue_size", s.max_queue_size, 1024)
+    _at_least("server.max_message_fragments", s.max_message_fragments, 1)
+    if not 1 <= s.ipv6_prefix <= 128:
+        raise ConfigError(f"server.ipv6_prefix: {s.ipv6_prefix} is out of range (1-128)")
+    if s.address_publish_rate is not None:
+        _at_least("server.address_publish_rate", s.address_publish_rate, 0)
+    _at_least("server.subscribe_rate", s.subscribe_rate, 0)
     _at_least("server.publish_rate", s.publish_rate, 0)
     _at_least("server.publish_burst", s.publish_burst, 1)
     # Autobahn's timers work in whole seconds; a shorter timeout would fire at once.
@@ -400,9 +432,15 @@ def _validate(config: Config) -> None:
     _at_least("reconnect.max_attempts", config.reconnect.max_attempts, 0)
     _at_least("reconnect.delay", config.reconnect.delay, 0)
     _at_least("reconnect.session_ttl", config.reconnect.session_ttl, 0)
+    _at_least("reconnect.max_sessions", config.reconnect.max_sessions, 1)
     _at_least("auth.expired_close_delay", config.auth.expired_close_delay, 0)
     _at_least("channels.history_size", config.channels.history_size, 0)
     _at_least("channels.history_ttl", config.channels.history_ttl, 0)
+    _at_least("channels.history_max_bytes", config.channels.history_max_bytes, 0)
+    _at_least("channels.history_total_bytes", config.channels.history_total_bytes, 0)
+    _at_least("channels.max_streams", config.channels.max_streams, 1)
+    _at_least("admin.max_connections", config.admin.max_connections, 1)
+    _positive("admin.request_timeout", config.admin.request_timeout)
     if not valid_channel(config.channels.default):
         raise ConfigError(
             f"channels.default: {config.channels.default!r} is not a valid channel name "

@@ -10,6 +10,13 @@ python=${PYTHON:-python3}
 .venv/bin/python -m pip install --quiet --disable-pip-version-check '.[test]'
 # The npm centrifuge SDK that the end-to-end tests drive through Node.
 npm ci --prefix tests/js --no-audit --no-fund --loglevel=error
+# Everything else the tests drive (a browser, the conformance suite, ...):
+# one idempotent script per tool, each installing what it needs.
+for setup in tests/setup/*.sh; do
+    [ -e "$setup" ] || continue
+    echo "== setup: $setup"
+    bash "$setup"
+done
 echo "== ruff"
 .venv/bin/ruff check omega_ws tests twisted
 echo "== mypy"
