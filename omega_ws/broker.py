@@ -71,6 +71,9 @@ class Broker(Protocol):
     def housekeeping(self, now: float) -> None:
         """Expire history, streams and sessions (the monitor calls this)."""
 
+    def stats(self) -> dict[str, int]:
+        """Figures for the metrics (streams, history_bytes, sessions, ...)."""
+
     @property
     def healthy(self) -> bool:
         """Whether publications can flow now."""
@@ -83,12 +86,24 @@ class MemoryBroker:
     """
 
     def __init__(self, clock: IReactorTime, history_size: int = 1000,
-                 history_ttl: float = 300.0, meta_ttl: float = 3600.0) -> None:
+                 history_ttl: float = 300.0, meta_ttl: float = 3600.0, *,
+                 history_max_bytes: int = 16 * 1024 * 1024,
+                 history_total_bytes: int = 256 * 1024 * 1024,
+                 max_streams: int = 100000, max_sessions: int = 100000) -> None:
         self._clock = clock
         self._handler: PublicationHandler = lambda publication: None
-        self._streams = Streams(history_size, history_ttl, meta_ttl)
-        self.sessions: SessionStore = MemorySessions(clock)
+        self._streams = Streams(history_size, history_ttl, meta_ttl, history_max_bytes,
+                                history_total_bytes, max_streams)
+        self._sessions = MemorySessions(clock, max_sessions)
+        self.sessions: SessionStore = self._sessions
         self._running = False
+
+    def stats(self) -> dict[str, int]:
+        """What it holds, for the metrics: streams, history bytes, sessions, drops."""
+        streams = self._streams
+        return {"streams": len(streams), "history_bytes": streams.bytes,
+                "history_dropped": streams.dropped, "streams_evicted": streams.evicted_streams,
+                "sessions": len(self._sessions), "sessions_evicted": self._sessions.evicted}
 
     def set_handler(self, handler: PublicationHandler) -> None:
         self._handler = handler
@@ -142,5 +157,9 @@ def make_broker(config: Config, clock: IReactorTime) -> Broker:
         channels = config.channels
         # A stream outlives its history long enough for any held session to resume.
         meta_ttl = max(3600.0, channels.history_ttl, config.reconnect.session_ttl) * 2
-        return MemoryBroker(clock, channels.history_size, channels.history_ttl, meta_ttl)
+        return MemoryBroker(clock, channels.history_size, channels.history_ttl, meta_ttl,
+                            history_max_bytes=channels.history_max_bytes,
+                            history_total_bytes=channels.history_total_bytes,
+                            max_streams=channels.max_streams,
+                            max_sessions=config.reconnect.max_sessions)
     raise ValueError(f"unsupported broker URL {url!r}")

@@ -33,7 +33,7 @@ from .broker import BrokerUnavailable
 from .config import valid_channel
 from .history import Publication, Recovery, StreamPosition
 from .jsonutil import compact, loads_strict
-from .limits import TokenBucket
+from .limits import PublishLimit, TokenBucket
 from .registry import ClientInfo
 
 if TYPE_CHECKING:
@@ -145,7 +145,7 @@ class CentrifugeWire:
     """The Centrifuge protocol on one connection: several channels, recovery, tokens."""
 
     __slots__ = ("protocol", "omega", "identity", "connected", "subscriptions", "_bucket",
-                 "_batch", "_batch_size", "_closing", "_connect_deadline")
+                 "_subscribe_bucket", "_batch", "_batch_size", "_closing", "_connect_deadline")
 
     def __init__(self, protocol: OmegaProtocol) -> None:
         self.protocol = protocol
@@ -153,7 +153,9 @@ class CentrifugeWire:
         self.identity: Identity = ANONYMOUS
         self.connected = False
         self.subscriptions: dict[str, _ChannelSubscriber] = {}
-        self._bucket: TokenBucket | None = None
+        self._bucket: PublishLimit | None = None
+        # Subscribes per second: fresh channel names are not free to try.
+        self._subscribe_bucket: TokenBucket | None = None
         # While a frame is being handled, everything to send waits here, in
         # order, and goes out as one frame: a reply always precedes the
         # pushes that follow from it.
@@ -177,7 +179,8 @@ class CentrifugeWire:
         self.protocol.info = ClientInfo(str(uuid.uuid4()), str(self.protocol.peer),
                                         "centrifuge", now)
         server = omega.config.server
-        self._bucket = TokenBucket.for_publishing(server.publish_rate, server.publish_burst, now)
+        if server.subscribe_rate:
+            self._subscribe_bucket = TokenBucket(server.subscribe_rate, MAX_CHANNELS, now)
         omega.registry.add(self.protocol)
         # A client must say connect soon: it gets no pings before, so the idle
         # monitor alone would let it sit for idle_timeout.
@@ -384,6 +387,7 @@ class CentrifugeWire:
         info.user = identity.user
         info.expires_at = identity.expires_at
         self.connected = True
+        self._bucket = self.omega.publish_limit(self.protocol, identity.user)
         if self._connect_deadline is not None and self._connect_deadline.active():
             self._connect_deadline.cancel()
         return {"client": info.client_id, "version": __version__,
@@ -419,6 +423,10 @@ class CentrifugeWire:
             raise ReplyError(ALREADY_SUBSCRIBED, "already subscribed")
         if len(self.subscriptions) >= MAX_CHANNELS:
             raise ReplyError(LIMIT_EXCEEDED, "limit exceeded")
+        bucket = self._subscribe_bucket
+        if bucket is not None and not bucket.take(self.omega.clock.seconds()):
+            self.omega.metrics.rate_limited.labels("subscribe").inc()
+            raise ReplyError(TOO_MANY_REQUESTS, "too many requests", temporary=True)
         # Everything that can be refused is checked before anything is registered.
         recover = bool(body.get("recover"))
         since = None
@@ -531,6 +539,7 @@ class CentrifugeWire:
         if not omega.config.channels.allow_client_publish:
             raise ReplyError(PERMISSION_DENIED, "permission denied")
         if self._bucket is not None and not self._bucket.take(omega.clock.seconds()):
+            omega.metrics.rate_limited.labels("publish").inc()
             raise ReplyError(TOO_MANY_REQUESTS, "too many requests", temporary=True)
         if "data" not in body:
             raise ReplyError(BAD_REQUEST_ERROR, "bad request")
@@ -595,7 +604,7 @@ class CentrifugeWire:
 
     # -- the registry's connection duties ---------------------------------------
 
-    def on_pong(self) -> None:
+    def on_pong(self, payload: bytes) -> None:
         return None  # Centrifuge clients answer with {} frames, not WebSocket pongs
 
     def send_heartbeat(self) -> None:

@@ -88,6 +88,7 @@ class Hub:
     def _dispatch(self, publication: Publication) -> None:
         subscribers = self._channels.get(publication.channel)
         if not subscribers:
+            publication.dispatched()
             return
         # A snapshot: a delivery may close a connection, which unsubscribes it.
         snapshot = tuple(subscribers)
@@ -101,5 +102,6 @@ class Hub:
                     publication=publication,
                     subscriber=subscriber,
                 )
+        publication.dispatched()
         if self._on_dispatch is not None:
             self._on_dispatch(publication, len(snapshot))

@@ -34,3 +34,45 @@ class TokenBucket:
             return False
         self._tokens -= 1
         return True
+
+
+class SharedBuckets:
+    """
+    One L{TokenBucket} per key (a client address, a token user), shared by
+    every connection with that key, so that reconnecting does not refill
+    it.  Buckets that have refilled are forgotten by L{prune}.
+    """
+
+    def __init__(self, rate: float, burst: int) -> None:
+        self.rate = rate
+        self.burst = burst
+        self._buckets: dict[str, TokenBucket] = {}
+
+    def __len__(self) -> int:
+        return len(self._buckets)
+
+    def get(self, key: str, now: float) -> TokenBucket:
+        bucket = self._buckets.get(key)
+        if bucket is None:
+            bucket = self._buckets[key] = TokenBucket(self.rate, self.burst, now)
+        return bucket
+
+    def prune(self, now: float) -> None:
+        """Forget the buckets that would be full by now: they are new ones again."""
+        refill = self.burst / self.rate
+        for key, bucket in list(self._buckets.items()):
+            if now - bucket._updated >= refill:
+                del self._buckets[key]
+
+
+class PublishLimit:
+    """The buckets one connection's publications draw from: its own, its address's, its user's."""
+
+    __slots__ = ("_buckets",)
+
+    def __init__(self, buckets: tuple[TokenBucket, ...]) -> None:
+        self._buckets = buckets
+
+    def take(self, now: float) -> bool:
+        """One token from every bucket; False when one of them is empty."""
+        return all(bucket.take(now) for bucket in self._buckets)

@@ -12,7 +12,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator
 
 from prometheus_client import CollectorRegistry, Counter, generate_latest
-from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
 from .registry import ClientInfo, ConnectionState
@@ -30,6 +30,7 @@ class Metrics:
         self,
         connection_counts: Callable[[], dict[tuple[str, str], int]],
         broker_healthy: Callable[[], bool],
+        broker_stats: Callable[[], dict[str, int]] = dict,
     ) -> None:
         self.registry = CollectorRegistry()
         r = self.registry
@@ -62,7 +63,10 @@ class Metrics:
         self.slow_consumer_drops = Counter(
             "omega_ws_slow_consumer_drops", "Connections closed for unsent output over the bound",
             registry=r)
-        r.register(_LiveCollector(connection_counts, broker_healthy))
+        self.rate_limited = Counter(
+            "omega_ws_rate_limited", "Commands refused by a rate limit, by limit",
+            ["limit"], registry=r)
+        r.register(_LiveCollector(connection_counts, broker_healthy, broker_stats))
 
     def on_transition(
         self, info: ClientInfo, old: ConnectionState | None, new: ConnectionState
@@ -91,9 +95,11 @@ class _LiveCollector(Collector):
         self,
         connection_counts: Callable[[], dict[tuple[str, str], int]],
         broker_healthy: Callable[[], bool],
+        broker_stats: Callable[[], dict[str, int]],
     ) -> None:
         self._connection_counts = connection_counts
         self._broker_healthy = broker_healthy
+        self._broker_stats = broker_stats
 
     def collect(self) -> Iterator[Metric]:
         connections = GaugeMetricFamily(
@@ -107,3 +113,21 @@ class _LiveCollector(Collector):
         yield GaugeMetricFamily(
             "omega_ws_broker_up", "1 when the broker takes publications",
             value=1 if self._broker_healthy() else 0)
+        stats = self._broker_stats()
+        for name, kind, text in _BROKER_FIGURES:
+            if name in stats:
+                yield kind(f"omega_ws_{name}", text, value=stats[name])
+
+
+_BROKER_FIGURES: list[tuple[str, type[GaugeMetricFamily] | type[CounterMetricFamily], str]] = [
+    ("streams", GaugeMetricFamily, "Channel streams kept (offsets, epoch, history)"),
+    ("history_bytes", GaugeMetricFamily, "Bytes of publication data kept in history"),
+    ("history_dropped", CounterMetricFamily,
+     "Publications dropped from history early by channels.history_max_bytes or "
+     "history_total_bytes"),
+    ("streams_evicted", CounterMetricFamily,
+     "Streams forgotten early to stay within channels.max_streams"),
+    ("sessions", GaugeMetricFamily, "Raw client sessions held"),
+    ("sessions_evicted", CounterMetricFamily,
+     "Raw sessions dropped early to stay within reconnect.max_sessions"),
+]

@@ -13,6 +13,10 @@ One L{FlushScheduler} per server runs every dirty outbox once per turn.
 
 from __future__ import annotations
 
+import fcntl
+import socket
+import struct
+import termios
 from collections.abc import Callable
 from typing import Any
 
@@ -21,7 +25,7 @@ from twisted.internet.interfaces import IDelayedCall, IPushProducer, IReactorTim
 from twisted.logger import Logger
 from zope.interface import implementer
 
-__all__ = ["FlushScheduler", "Outbox"]
+__all__ = ["FlushScheduler", "Outbox", "close_without_reset", "unsent_bytes"]
 
 _log = Logger()
 
@@ -61,7 +65,7 @@ class Outbox:
     """
 
     __slots__ = ("_transport", "_tcp", "_scheduler", "_limit", "_on_overflow", "_on_written",
-                 "_frames", "_size", "_mark", "paused", "overflowed")
+                 "_frames", "_size", "_mark", "paused", "overflowed", "sent")
 
     def __init__(self, transport: ITransport, scheduler: FlushScheduler, limit: int,
                  on_overflow: Callable[[], None],
@@ -78,6 +82,7 @@ class Outbox:
         self._mark: Any = None
         self.paused = False
         self.overflowed = False
+        self.sent = 0  # bytes handed to the transport, ever
 
     @property
     def size(self) -> int:
@@ -137,6 +142,7 @@ class Outbox:
         every connection, every turn.  Only what the socket does not take is
         left to the transport, so the order of bytes is kept.
         """
+        self.sent += len(data)
         tcp_transport = self._tcp
         if (tcp_transport is not None and tcp_transport.connected
                 and not tcp_transport.disconnecting and not tcp_transport.dataBuffer
@@ -174,3 +180,62 @@ class Outbox:
 
     def stopProducing(self) -> None:
         self.discard()
+
+
+def _tcp_of(transport: object) -> tcp.Connection | None:
+    """The TCP connection under C{transport} (itself, or under TLS)."""
+    if isinstance(transport, tcp.Connection):
+        return transport
+    inner = getattr(transport, "transport", None)  # TLSMemoryBIOProtocol
+    return inner if isinstance(inner, tcp.Connection) else None
+
+
+def _buffered(connection: tcp.Connection) -> int:
+    return len(connection.dataBuffer) - connection.offset + connection._tempDataLen
+
+
+def unsent_bytes(transport: object) -> int | None:
+    """
+    Bytes written to C{transport} that the peer's TCP has not acknowledged:
+    what Twisted (and TLS) still buffer plus the kernel's send queue
+    (C{SIOCOUTQ}).  Under TLS the kernel counts encrypted bytes, which are
+    more than the plain ones: an over-estimate, never an under-estimate.
+    None when the socket is gone or is not TCP.
+    """
+    connection = _tcp_of(transport)
+    if connection is None or not connection.connected:
+        return None
+    try:
+        raw = fcntl.ioctl(connection.socket.fileno(), termios.TIOCOUTQ, b"\0\0\0\0")
+    except (OSError, AttributeError):
+        return None
+    pending = sum(len(chunk) for chunk in getattr(transport, "_appSendBuffer", ()))
+    return pending + _buffered(connection) + int(struct.unpack("i", raw)[0])
+
+
+def close_without_reset(transport: object) -> bool:
+    """
+    End a connection whose peer stopped reading without a TCP reset, which
+    would make the peer's kernel discard what it already received: drop
+    what was never handed to the kernel (callers count it as unsent),
+    drain unread input (closing with unread input sends a reset), then
+    close, so that the kernel delivers its queue and a FIN in the
+    background.  False when C{transport} is not TCP: abort it instead.
+    """
+    connection = _tcp_of(transport)
+    if connection is None or not connection.connected or connection.disconnecting:
+        return False
+    connection.dataBuffer = b""
+    connection.offset = 0
+    connection._tempDataBuffer = []
+    connection._tempDataLen = 0
+    if connection.producer is not None:
+        connection.unregisterProducer()
+    try:
+        for _ in range(64):  # bounded: at most 4 MiB of input read and dropped
+            if not connection.socket.recv(65536, socket.MSG_DONTWAIT):
+                break
+    except OSError:
+        pass  # nothing more to read (EAGAIN), or the peer is gone
+    connection.loseConnection()
+    return True

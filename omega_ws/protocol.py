@@ -12,6 +12,7 @@ L{apply_limits}.  The wire protocols are documented in C{docs/}.
 
 from __future__ import annotations
 
+import os
 import re
 import types
 from collections.abc import Callable
@@ -26,16 +27,29 @@ from autobahn.websocket.compress import (
 from autobahn.websocket.protocol import PreparedMessage
 from autobahn.websocket.types import ConnectionDeny, ConnectionRequest
 from twisted.internet.defer import Deferred, succeed
-from twisted.internet.interfaces import IConsumer, IDelayedCall, IReactorTime, ITransport
+from twisted.internet.interfaces import (
+    IConsumer,
+    IDelayedCall,
+    IHalfCloseableProtocol,
+    IProtocolNegotiationFactory,
+    IReactorTime,
+    ITransport,
+)
 from twisted.logger import Logger
 from twisted.python.failure import Failure
+from zope.interface import implementer
 
+from .addresses import address_key
 from .auth import TokenVerifier
+from .centrifuge import CENTRIFUGE_PATH, CentrifugeWire
+from .closing import close_reason
 from .config import Config
 from .history import Publication
 from .hub import Hub
+from .limits import PublishLimit, SharedBuckets, TokenBucket
 from .metrics import Metrics
-from .outbox import FlushScheduler, Outbox
+from .outbox import FlushScheduler, Outbox, close_without_reset, unsent_bytes
+from .raw import RawWire
 from .registry import ClientInfo, ConnectionState, Registry
 
 __all__ = ["OmegaProtocol", "OmegaServerFactory", "Wire"]
@@ -82,7 +96,7 @@ class Wire(Protocol):
 
     def on_message(self, payload: bytes, is_binary: bool) -> None: ...
 
-    def on_pong(self) -> None: ...
+    def on_pong(self, payload: bytes) -> None: ...
 
     def on_close(self, was_clean: bool, close_code: int) -> None: ...
 
@@ -108,6 +122,7 @@ class Wire(Protocol):
     def close_with(self, code: int, reason: str) -> None: ...
 
 
+@implementer(IHalfCloseableProtocol)
 class OmegaProtocol(WebSocketServerProtocol):
     """
     One WebSocket connection, whatever its wire format: handshake limits,
@@ -123,6 +138,12 @@ class OmegaProtocol(WebSocketServerProtocol):
     _retry_after: int | None = None
     _error_counted = False
     _over_ip_limit = False
+    _fragments = 0  # frames of the message being received
+    # The payload of the heartbeat ping not answered yet: only its pong counts.
+    ping_payload: bytes | None = None
+    # Bytes written but not known to have reached the peer, when that was last
+    # knowable (the close); None until then.  See unacked_bytes().
+    unacked_at_close: int | None = None
 
     @property
     def omega(self) -> OmegaServerFactory:
@@ -208,6 +229,8 @@ class OmegaProtocol(WebSocketServerProtocol):
         info = self.info
         info.last_message = self.omega.clock.seconds()
         info.message_count += 1
+        if self._perMessageCompress is not None:
+            _release_deflate(self._perMessageCompress, outgoing=False)
         try:
             assert self.wire is not None
             self.wire.on_message(payload, isBinary)
@@ -217,14 +240,40 @@ class OmegaProtocol(WebSocketServerProtocol):
                          client_id=info.client_id)
             self._fail_connection(1011, "Internal error")
 
+    def onMessageBegin(self, isBinary: bool) -> None:
+        self._fragments = 0
+        super().onMessageBegin(isBinary)
+
+    def onMessageFrameBegin(self, length: int) -> None:
+        # One-byte fragments cost a frame's parsing and an object each: cap them.
+        self._fragments += 1
+        if (self._fragments > self.omega.config.server.max_message_fragments
+                and not self.failedByMe):
+            self.reject(1009, "Too many fragments", "too_many_fragments")
+            return
+        super().onMessageFrameBegin(length)
+
     def onPing(self, payload: bytes) -> None:
         self.info.last_message = self.omega.clock.seconds()
-        super().onPing(payload)
+        # The pong goes through the outbox: a peer that pings and never reads
+        # is a slow consumer like any other, not a way around max_queue_size.
+        if self.state == self.STATE_OPEN and self.outbox is not None:
+            self.outbox.put(b"\x8a" + bytes([len(payload)]) + payload)
 
     def onPong(self, payload: bytes) -> None:
         self.info.last_message = self.omega.clock.seconds()
-        assert self.wire is not None
-        self.wire.on_pong()
+        if self.ping_payload is not None and payload == self.ping_payload:
+            # Only the answer to our own ping: an unsolicited pong proves nothing.
+            self.ping_payload = None
+            assert self.wire is not None
+            self.wire.on_pong(payload)
+
+    def send_ping(self) -> None:
+        """A heartbeat ping whose payload the pong must echo."""
+        payload = self.ping_payload
+        if payload is None:
+            payload = self.ping_payload = os.urandom(8)
+        self.sendPing(payload)
 
     # -- output: one write per connection per reactor turn --------------------
 
@@ -241,12 +290,20 @@ class OmegaProtocol(WebSocketServerProtocol):
             # Compression negotiated: Autobahn compresses per connection, and
             # the outbox only keeps count while the transport is full.
             self.sendPreparedMessage(prepared)
+            _release_deflate(self._perMessageCompress, outgoing=True)
             if mark is not None and self.wire is not None:
                 self.wire.written(mark)
 
     def send_text(self, payload: bytes) -> None:
         """Queue one text message for this connection only."""
         self.send_prepared(self.omega.prepare(payload))
+
+    def sendData(self, data: bytes, sync: bool = False, chopsize: int | None = None) -> None:
+        # Frames written around the outbox (close frames, compressed messages)
+        # count towards the bytes sent, which place a session's position.
+        if self.outbox is not None:
+            self.outbox.sent += len(data)
+        super().sendData(data, sync, chopsize)
 
     def sendCloseFrame(self, code: int | None = None, reasonUtf8: bytes | None = None,
                        isReply: bool = False) -> None:
@@ -256,6 +313,53 @@ class OmegaProtocol(WebSocketServerProtocol):
             self.outbox.flush(force=True)
             self.outbox.close()
         super().sendCloseFrame(code, reasonUtf8, isReply)
+
+    def unacked_bytes(self) -> int | None:
+        """
+        Bytes written that the peer's TCP has not acknowledged: what the
+        outbox and the transport still hold plus the kernel's send queue;
+        None when the kernel cannot be asked (the socket is gone).
+        """
+        queued = self.outbox.size if self.outbox is not None else 0
+        unsent = unsent_bytes(self.transport)
+        return None if unsent is None else queued + unsent
+
+    def onCloseFrame(self, code: int, reasonRaw: bytes) -> bool | None:
+        if self.unacked_at_close is None:
+            if self.state == self.STATE_CLOSING:
+                # The answer to our close: the peer read everything before it.
+                self.unacked_at_close = 0
+            else:
+                # The peer closes: what had not reached it yet may be dropped.
+                self.unacked_at_close = self.unacked_bytes()
+        return super().onCloseFrame(code, reasonRaw)
+
+    def dropConnection(self, abort: bool = False) -> None:
+        if self.unacked_at_close is None and self.state != self.STATE_CLOSED:
+            self.unacked_at_close = self.unacked_bytes()
+        if self.wasClean:
+            # The closing handshake is done: end TCP with a FIN, not a reset,
+            # so that browsers report a clean close.
+            abort = False
+        super().dropConnection(abort)
+
+    # -- IHalfCloseableProtocol: the peer's FIN, while the socket is still ours --
+
+    def readConnectionLost(self) -> None:
+        # The last moment the kernel can say what never reached the peer.
+        if self.unacked_at_close is None:
+            self.unacked_at_close = self.unacked_bytes()
+        if not close_without_reset(self.transport) and self.transport is not None:
+            self.transport.loseConnection()
+
+    def writeConnectionLost(self) -> None:
+        pass  # omega-ws never half-closes its side
+
+    def _closeConnection(self, abort: bool = False) -> None:
+        # A peer that stopped reading (slow, silent) keeps what its kernel
+        # already took: a reset would make it discard that too.
+        if not (abort and close_without_reset(self.transport)):
+            super()._closeConnection(abort)
 
     def _slow_consumer(self) -> None:
         omega = self.omega
@@ -282,7 +386,7 @@ class OmegaProtocol(WebSocketServerProtocol):
         """Close cleanly with C{code} (1000, 1001 or 3000-4999)."""
         if self.state == self.STATE_OPEN:
             # sendClose() refuses 1001; the close frame itself does not.
-            self.sendCloseFrame(code, reason.encode(), isReply=False)
+            self.sendCloseFrame(code, close_reason(reason), isReply=False)
         elif self.state == self.STATE_CONNECTING:
             self.abort()
 
@@ -377,9 +481,11 @@ class OmegaProtocol(WebSocketServerProtocol):
         omega = self.omega
         omega.connections.add(self)
         # Counted from the first byte: bare sockets from one address count too.
-        limit = omega.config.server.max_connections_per_ip
-        ip: str | None = getattr(self.transport and self.transport.getPeer(), "host", None)
-        if limit and ip is not None:
+        server = omega.config.server
+        limit = server.max_connections_per_ip
+        host: str | None = getattr(self.transport and self.transport.getPeer(), "host", None)
+        ip = address_key(host, server.ipv6_prefix) if limit and host is not None else None
+        if ip is not None:
             count = omega.per_ip.get(ip, 0)
             if count >= limit:
                 self._over_ip_limit = True  # refused at its first bytes
@@ -388,7 +494,19 @@ class OmegaProtocol(WebSocketServerProtocol):
                 self._ip = ip
 
 
-class OmegaServerFactory(WebSocketServerFactory):
+class _Http11OverAlpn:
+    """
+    Twisted's TLS layer aborts a handshake that offers ALPN (every browser,
+    curl and Node do) unless the factory names its protocols: WebSocket
+    runs over HTTP/1.1.
+    """
+
+    def acceptableProtocols(self) -> list[bytes]:
+        return [b"http/1.1"]
+
+
+@implementer(IProtocolNegotiationFactory)
+class OmegaServerFactory(_Http11OverAlpn, WebSocketServerFactory):
     """
     Builds L{OmegaProtocol}s and keeps the client L{Registry}; holds what
     every connection needs (config, hub, tokens, metrics, clock).  One
@@ -415,6 +533,7 @@ class OmegaServerFactory(WebSocketServerFactory):
         self.flusher = FlushScheduler(clock)
         self.ping_frame = self.prepare(b"{}")  # the Centrifuge server ping, framed once
         self.per_ip: dict[str, int] = {}
+        self.shared_publish_buckets = _shared_publish_buckets(config)
         self._origins = _origin_pattern(config.server.allowed_origins)
         self._drained: Deferred[None] | None = None
         self.noisy = False
@@ -431,12 +550,29 @@ class OmegaServerFactory(WebSocketServerFactory):
 
     def make_wire(self, protocol: OmegaProtocol, path: str) -> Wire:
         """The wire format for a request path."""
-        from .centrifuge import CENTRIFUGE_PATH, CentrifugeWire
-        from .raw import RawWire
-
         if path == CENTRIFUGE_PATH:
             return CentrifugeWire(protocol)
         return RawWire(protocol)
+
+    def publish_limit(self, protocol: OmegaProtocol, user: str) -> PublishLimit | None:
+        """
+        What a new connection's publications draw from: its own bucket
+        (C{server.publish_rate}) and the ones its address and its token user
+        share with their other connections (C{server.address_publish_rate}).
+        """
+        server = self.config.server
+        now = self.clock.seconds()
+        buckets = []
+        if server.publish_rate:
+            buckets.append(TokenBucket(server.publish_rate, server.publish_burst, now))
+        shared = self.shared_publish_buckets
+        if shared is not None:
+            host = getattr(protocol.transport and protocol.transport.getPeer(), "host", None)
+            if host is not None:
+                buckets.append(shared.get(address_key(host, server.ipv6_prefix), now))
+            if user:
+                buckets.append(shared.get("user:" + user, now))
+        return PublishLimit(tuple(buckets)) if buckets else None
 
     def origin_allowed(self, origin: str) -> bool:
         return self._origins.fullmatch(origin) is not None
@@ -480,12 +616,33 @@ class OmegaServerFactory(WebSocketServerFactory):
         return drained
 
 
+def _release_deflate(deflate: Any, outgoing: bool) -> None:
+    """
+    Without context takeover a zlib object is useless after its message, but
+    Autobahn keeps it until the next one (about 136 KiB to compress at
+    window 11): drop it now.
+    """
+    if outgoing and deflate.server_no_context_takeover:
+        deflate._compressor = None
+    elif not outgoing and deflate.client_no_context_takeover:
+        deflate._decompressor = None
+
+
+def _shared_publish_buckets(config: Config) -> SharedBuckets | None:
+    server = config.server
+    rate = server.address_publish_rate
+    if rate is None:  # derived: ten connections' worth
+        rate = 10 * server.publish_rate
+    return SharedBuckets(rate, 10 * server.publish_burst) if rate else None
+
+
 def apply_limits(factory: WebSocketServerFactory, config: Config) -> None:
     """Every safety-related Autobahn option, set deliberately: its defaults are open."""
     server = config.server
     accept = None
     if server.compression:
         window_bits = server.compression_window_bits
+        no_takeover = server.compression_no_context_takeover
 
         def accept(offers: list[Any]) -> PerMessageDeflateOfferAccept | None:
             for offer in offers:
@@ -501,6 +658,12 @@ def apply_limits(factory: WebSocketServerFactory, config: Config) -> None:
                         request_max_window_bits=window_bits if offer.accept_max_window_bits
                         else 0,
                         window_bits=ours,
+                        # Without context takeover no compressor outlives its
+                        # message: about 100 KiB less per connection, for a
+                        # worse ratio on small similar messages.
+                        no_context_takeover=no_takeover or None,
+                        request_no_context_takeover=(no_takeover
+                                                     and offer.accept_no_context_takeover),
                         # Bounds the decompressed size too, against deflate bombs.
                         max_message_size=server.max_message_size,
                     )
@@ -518,8 +681,10 @@ def apply_limits(factory: WebSocketServerFactory, config: Config) -> None:
         failByDrop=False,  # send the close code before dropping
         utf8validateIncoming=True,
         requireMaskedClientFrames=True,
-        # Origins are checked in onConnect, to answer 403 (Autobahn says 400).
+        # Origins are checked in onConnect, to answer 403 (Autobahn says 400),
+        # "null" (file:// pages, sandboxed frames) included.
         allowedOrigins=["*"],
+        allowNullOrigin=True,
         maxConnections=server.max_connections,
         perMessageCompressionAccept=accept,
         autoPingInterval=0,  # one heartbeat sweep for all, not a timer each
@@ -536,7 +701,8 @@ class EchoProtocol(WebSocketServerProtocol):
         self.sendMessage(payload, isBinary)
 
 
-class EchoFactory(WebSocketServerFactory):
+@implementer(IProtocolNegotiationFactory)
+class EchoFactory(_Http11OverAlpn, WebSocketServerFactory):
     """For C{server.testee_port}: the Autobahn testsuite's fuzzing client
     checks the WebSocket layer here, with the same limits as the real one."""
 

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import re
 import uuid
+from collections import deque
 from typing import TYPE_CHECKING, cast
 
 from autobahn.websocket.protocol import PreparedMessage
@@ -35,7 +36,7 @@ from .auth import ANONYMOUS, Identity, InvalidToken
 from .config import valid_channel
 from .history import Publication, Recovery, StreamPosition
 from .jsonutil import parse_json_object
-from .limits import TokenBucket
+from .limits import PublishLimit
 from .registry import ClientInfo, ConnectionState
 from .sessions import Session, admit
 
@@ -50,6 +51,11 @@ NORMAL, GOING_AWAY, UNSUPPORTED_DATA, INVALID_PAYLOAD, POLICY_VIOLATION = (
     1000, 1001, 1003, 1007, 1008)
 REPLACED, TOKEN_EXPIRED, SLOW_CONSUMER = 4000, 4001, 4008
 _CLIENT_ID_RE = re.compile(r"[A-Za-z0-9_.:@-]{1,128}\Z")
+# A session's writes not yet known to have reached its client: checked with
+# the kernel every this many writes (and at each heartbeat), kept to at most
+# the second number (past it the oldest are forgotten: the session may then
+# resume from further back, with duplicates, never further on).
+_MARKS_CHECK, _MARKS_MAX = 32, 1024
 
 
 def _is_utf8(payload: bytes) -> bool:
@@ -75,7 +81,7 @@ class RawWire:
     """The raw protocol on one connection; subscribes itself to the hub."""
 
     __slots__ = ("protocol", "omega", "channel", "client_id", "identity", "session",
-                 "position", "_queued", "_replaying", "_bucket")
+                 "position", "_queued", "_replaying", "_bucket", "_marks")
 
     def __init__(self, protocol: OmegaProtocol) -> None:
         self.protocol = protocol
@@ -84,13 +90,17 @@ class RawWire:
         self.client_id = ""
         self.identity: Identity = ANONYMOUS
         self.session: Session | None = None  # only with an explicit client_id
-        # Last publication handed to the transport (what a session resumes
-        # from), and last one queued for it (what is skipped as a duplicate).
+        # The last publication the client is known to have received (what a
+        # session resumes from), and the last one queued for it (what is
+        # skipped as a duplicate).  Without a session: the last one written.
         self.position: StreamPosition | Publication | None = None
         # (a Publication once one was queued: no new object per delivery)
         self._queued: StreamPosition | Publication | None = None
         self._replaying: list[Publication] | None = None  # live ones held back meanwhile
-        self._bucket: TokenBucket | None = None
+        self._bucket: PublishLimit | None = None
+        # With a session, the writes since the position: (bytes sent once the
+        # write was done, epoch, offset of its last publication).
+        self._marks: deque[tuple[int, str, int]] | None = None
 
     @property
     def info(self) -> ClientInfo:
@@ -141,13 +151,18 @@ class RawWire:
             # Another user's client_id: neither its session nor its connection
             # may be taken over.
             raise ConnectionDeny(409, "client_id Belongs To Another User")
+        if session is None and live is not None:
+            # Not held yet (still live): the live connection's own session,
+            # so that replacing it counts towards the reconnect threshold.
+            session = getattr(getattr(live, "wire", None), "session", None)
         if session is None:
             self.session = Session(self.client_id, user=user)
             return None
         reconnect = omega.config.reconnect
         now = omega.clock.seconds()
         already_blocked = now < session.blocked_until
-        admission = admit(session, now, reconnect.delay, reconnect.max_attempts)
+        admission = admit(session, now, reconnect.delay, reconnect.max_attempts,
+                          replacing=live is not None)
         stored = omega.hub.broker.sessions.put(session, reconnect.session_ttl)
         if not admission.allowed:
             if not already_blocked:  # this reconnect tripped the threshold
@@ -169,8 +184,7 @@ class RawWire:
         info.user = self.identity.user
         info.expires_at = self.identity.expires_at
         info.channels.add(self.channel)
-        server = omega.config.server
-        self._bucket = TokenBucket.for_publishing(server.publish_rate, server.publish_burst, now)
+        self._bucket = omega.publish_limit(protocol, self.identity.user)
         session = self.session
         resuming = session is not None and session.disconnected_at is not None
         resume_from = None
@@ -242,6 +256,7 @@ class RawWire:
         if not omega.config.channels.allow_client_publish:
             protocol.reject(POLICY_VIOLATION, "Publishing is not allowed", "publish_denied")
         elif self._bucket is not None and not self._bucket.take(omega.clock.seconds()):
+            omega.metrics.rate_limited.labels("publish").inc()
             protocol.reject(POLICY_VIOLATION, "Publish rate exceeded", "rate_limited")
         elif is_binary and not _is_utf8(payload):
             protocol.reject(INVALID_PAYLOAD, "Invalid UTF-8", "invalid_utf8")
@@ -269,7 +284,32 @@ class RawWire:
         self._queued = publication
 
     def written(self, publication: Publication) -> None:
-        self.position = publication  # epoch and offset; made a StreamPosition on close
+        if self.session is None:
+            self.position = publication  # epoch and offset; no object per write
+            return
+        outbox = self.protocol.outbox
+        if outbox is None:
+            return
+        marks = self._marks
+        if marks is None:
+            marks = self._marks = deque()
+        marks.append((outbox.sent, publication.epoch, publication.offset))
+        if len(marks) % _MARKS_CHECK == 0:
+            self._settle(self.protocol.unacked_bytes())
+
+    def _settle(self, unacked: int | None) -> None:
+        """Move the position past the writes the client's TCP acknowledged."""
+        marks = self._marks
+        outbox = self.protocol.outbox
+        if not marks or outbox is None:
+            return
+        if unacked is not None:
+            received = outbox.sent - unacked
+            while marks and marks[0][0] <= received:
+                _, epoch, offset = marks.popleft()
+                self.position = StreamPosition(epoch, offset)
+        while len(marks) > _MARKS_MAX:
+            marks.popleft()
 
     def close_slow(self) -> None:
         self.protocol.fail_with(SLOW_CONSUMER, "slow consumer")
@@ -277,11 +317,13 @@ class RawWire:
     def drop_unresponsive(self) -> None:
         self.protocol.abort()  # it does not answer: a close frame would wait for nothing
 
-    def on_pong(self) -> None:
+    def on_pong(self, payload: bytes) -> None:
         self.protocol.info.ping_sent_at = None
 
     def send_heartbeat(self) -> None:
-        self.protocol.sendPing()
+        self.protocol.send_ping()
+        if self._marks:
+            self._settle(self.protocol.unacked_bytes())
 
     def close_inactive(self) -> None:
         self.protocol.close(NORMAL, "Inactive client")
@@ -309,6 +351,10 @@ class RawWire:
         session.error_count = info.error_count
         session.reconnect_count = info.reconnect_count
         session.disconnected_at = omega.clock.seconds()
+        # Whatever the close was, the position is what the client is known to
+        # have received (unacked_at_close is None when the peer vanished and
+        # the kernel could not be asked: then only what was settled before).
+        self._settle(self.protocol.unacked_at_close)
         if self.position is not None:
             session.positions[self.channel] = StreamPosition(self.position.epoch,
                                                              self.position.offset)

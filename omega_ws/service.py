@@ -121,7 +121,8 @@ class OmegaService(MultiService):
         clock = cast(IReactorTime, reactor)
         self.broker = make_broker(config, clock)
         self.tokens = TokenVerifier(config.auth)
-        self.metrics = Metrics(lambda: self.registry.counts(), lambda: self.broker.healthy)
+        self.metrics = Metrics(lambda: self.registry.counts(), lambda: self.broker.healthy,
+                               lambda: self.broker.stats())
         self.registry = Registry(on_transition=self.metrics.on_transition)
         self.hub = Hub(self.broker, on_dispatch=self._count_delivery)
         self.factory = OmegaServerFactory(config, self.hub, self.metrics, self.registry, clock,
@@ -146,7 +147,8 @@ class OmegaService(MultiService):
                                           config.heartbeat.ping_timeout)
         self.monitor = MonitorService(self.registry, clock, config.monitor.interval,
                                       config.monitor.idle_timeout, self.metrics.totals,
-                                      (self.broker.housekeeping, self._close_expired))
+                                      (self.broker.housekeeping, self._close_expired,
+                                       self._prune_buckets))
         for child in (self.heartbeat, self.monitor):
             child.setServiceParent(self)
 
@@ -168,6 +170,10 @@ class OmegaService(MultiService):
                 except Exception:
                     _log.failure("closing expired {client_id} failed", client_id=info.client_id)
 
+    def _prune_buckets(self, now: float) -> None:
+        if self.factory.shared_publish_buckets is not None:
+            self.factory.shared_publish_buckets.prune(now)
+
     def _count_delivery(self, publication: Publication, subscribers: int) -> None:
         self.metrics.messages_delivered.inc(subscribers)
         self.metrics.bytes_out.inc(subscribers * len(publication.data))
@@ -188,6 +194,7 @@ class OmegaService(MultiService):
                 self.config.admin.host):
             _log.warn("admin API on {host!r} is open to the network without admin.api_key",
                       host=self.config.admin.host)
+        _raise_file_limit(self.config)
         self.broker.start()
         started: list[ListenerService] = []
         try:
@@ -245,6 +252,31 @@ class OmegaService(MultiService):
                              f"({limit})")
         self.metrics.messages_published.labels("api").inc()
         return self.hub.publish(channel, payload)
+
+
+def _raise_file_limit(config: Config) -> None:
+    """
+    Every connection is a file descriptor: the soft limit (often 1,024)
+    would refuse clients long before C{server.max_connections}.  Raise it
+    as far as the hard limit allows, and say so when that is not enough.
+    """
+    try:
+        import resource
+    except ImportError:  # not on this platform
+        return
+    wanted = config.server.max_connections + config.admin.max_connections + 256
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    target = wanted if hard == resource.RLIM_INFINITY else min(wanted, hard)
+    if soft != resource.RLIM_INFINITY and soft < target:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (target, hard))
+            soft = target
+        except (ValueError, OSError):
+            pass
+    if soft != resource.RLIM_INFINITY and soft < wanted:
+        _log.warn("open file limit is {limit}, below server.max_connections ({connections}) "
+                  "plus admin and spare descriptors: raise LimitNOFILE / ulimit -n",
+                  limit=soft, connections=config.server.max_connections)
 
 
 def _is_loopback(host: str) -> bool:

@@ -8,6 +8,7 @@ broker, so a session can follow its client to another node.
 from __future__ import annotations
 
 import math
+from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -40,16 +41,20 @@ class Admission:
     retry_after: int = 0
 
 
-def admit(session: Session, now: float, delay: float, max_attempts: int) -> Admission:
+def admit(session: Session, now: float, delay: float, max_attempts: int,
+          replacing: bool = False) -> Admission:
     """
     May this client_id connect again now?  More than C{max_attempts}
     reconnects in a row, each within C{delay} seconds of the previous
-    disconnect, blocks it for C{delay} seconds (0 attempts: no limit).
-    Updates C{session}'s threshold state.
+    disconnect, blocks it for C{delay} seconds (0 attempts: no limit).  A
+    connection that replaces a live one (C{replacing}) counts as a
+    reconnect at once: opening the same id again and again without closing
+    is no way around the threshold.  Updates C{session}'s threshold state.
     """
     if now < session.blocked_until:
         return Admission(False, max(1, math.ceil(session.blocked_until - now)))
-    if session.disconnected_at is not None and now - session.disconnected_at <= delay:
+    if replacing or (session.disconnected_at is not None
+                     and now - session.disconnected_at <= delay):
         session.rapid_reconnects += 1
     else:
         session.rapid_reconnects = 0
@@ -75,11 +80,17 @@ class SessionStore(Protocol):
 
 
 class MemorySessions:
-    """Sessions in this process, each with its expiry time."""
+    """
+    Sessions in this process, each with its expiry time; at most
+    C{max_sessions}, past which the least recently stored one is dropped
+    (and counted in C{evicted}).
+    """
 
-    def __init__(self, clock: IReactorTime) -> None:
+    def __init__(self, clock: IReactorTime, max_sessions: int = 100000) -> None:
         self._clock = clock
-        self._sessions: dict[str, tuple[Session, float]] = {}
+        self._max = max_sessions
+        self._sessions: OrderedDict[str, tuple[Session, float]] = OrderedDict()
+        self.evicted = 0
 
     def __len__(self) -> int:
         return len(self._sessions)
@@ -94,7 +105,12 @@ class MemorySessions:
         return succeed(held[0])
 
     def put(self, session: Session, ttl: float) -> Deferred[None]:
-        self._sessions[session.client_id] = (session, self._now() + ttl)
+        sessions = self._sessions
+        sessions[session.client_id] = (session, self._now() + ttl)
+        sessions.move_to_end(session.client_id)
+        while len(sessions) > self._max:
+            sessions.popitem(last=False)
+            self.evicted += 1
         return succeed(None)
 
     def delete(self, client_id: str) -> Deferred[None]:

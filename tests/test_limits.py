@@ -84,3 +84,21 @@ def test_clock_stepping_backwards_does_not_drain_the_bucket() -> None:
     assert bucket.take(40.0) is True  # 3 tokens left, none earned for going back
     assert _takes(bucket, [40.0] * 4) == [True, True, True, False]
     assert bucket.take(41.0) is True
+
+
+def test_shared_buckets_outlive_the_connections_that_use_them() -> None:
+    from omega_ws.limits import PublishLimit, SharedBuckets
+
+    shared = SharedBuckets(rate=1, burst=2)
+    first = PublishLimit((TokenBucket(10, 10, 0.0), shared.get("192.0.2.1", 0.0)))
+    assert _takes(first, [0.0, 0.0, 0.0]) == [True, True, False]  # type: ignore[arg-type]
+    # A new connection from the same address gets a fresh bucket of its own,
+    # but the address's is still empty.
+    second = PublishLimit((TokenBucket(10, 10, 0.0), shared.get("192.0.2.1", 0.0)))
+    assert second.take(0.0) is False
+    assert PublishLimit((shared.get("192.0.2.2", 0.0),)).take(0.0) is True
+    assert len(shared) == 2
+    shared.prune(1.0)  # not refilled yet
+    assert len(shared) == 2
+    shared.prune(3.0)  # both full again: forgotten
+    assert len(shared) == 0

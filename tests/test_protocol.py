@@ -148,9 +148,11 @@ def test_heartbeat_pings_and_drops_the_silent(harness: Harness) -> None:
     answering, answering_out = harness.open()
     silent, silent_out = harness.open()
     harness.clock.advance(20)
-    assert [op for op, _ in server_frames(harness.flushed(answering_out))] == [PING]
+    answering_frames = list(server_frames(harness.flushed(answering_out)))
+    assert [op for op, _ in answering_frames] == [PING]
     assert [op for op, _ in server_frames(harness.flushed(silent_out))] == [PING]
-    answering.dataReceived(client_frame(PONG, b""))
+    # A pong echoes its ping's payload (RFC 6455 5.5.3).
+    answering.dataReceived(client_frame(PONG, answering_frames[0][1]))
     assert answering.info.ping_sent_at is None
     harness.clock.advance(10)
     assert silent_out.aborted and not answering_out.disconnecting
@@ -158,6 +160,33 @@ def test_heartbeat_pings_and_drops_the_silent(harness: Harness) -> None:
     assert silent.info.state is ConnectionState.ERROR
     assert [c.info.client_id for c in harness.registry] == [answering.info.client_id]
     heartbeat.stopService()
+
+
+def test_only_the_pong_of_our_ping_answers_the_heartbeat(harness: Harness) -> None:
+    heartbeat = HeartbeatService(harness.registry, harness.clock, interval=20, timeout=10)
+    heartbeat.startService()
+    protocol, out = harness.open()
+    protocol.dataReceived(client_frame(PONG, b""))  # unsolicited, before any ping
+    harness.clock.advance(20)
+    [(opcode, ping)] = server_frames(harness.flushed(out))
+    assert opcode == PING and len(ping) == 8
+    protocol.dataReceived(client_frame(PONG, b"not ours"))
+    protocol.dataReceived(client_frame(PONG, b""))
+    assert protocol.info.ping_sent_at == 20.0  # still waiting for the real answer
+    harness.clock.advance(10)
+    assert out.aborted
+    heartbeat.stopService()
+
+
+def test_pongs_owed_to_a_client_that_never_reads_are_bounded(harness: Harness) -> None:
+    protocol, out = harness.open()
+    assert protocol.outbox is not None
+    protocol.outbox.pauseProducing()  # the transport is full: the client reads nothing
+    limit = harness.factory.config.server.max_queue_size
+    ping = client_frame(PING, b"x" * 125)
+    protocol.dataReceived(ping * (limit // 127 + 2))
+    assert protocol.outbox.overflowed  # closed as a slow consumer, not buffered on
+    assert harness.factory.metrics.slow_consumer_drops._value.get() == 1
 
 
 def test_monitor_closes_inactive_clients(harness: Harness) -> None:

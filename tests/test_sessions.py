@@ -178,3 +178,21 @@ def test_expire_drops_only_expired_sessions() -> None:
     assert isinstance(_result(store.get("long")), Session)
     store.expire(101.0)
     assert len(store) == 0
+
+
+def test_replacing_a_live_connection_counts_as_a_rapid_reconnect() -> None:
+    session = Session("c")  # live: never disconnected
+    results = [admit(session, 100.0 + i, delay=5.0, max_attempts=3, replacing=True).allowed
+               for i in range(5)]
+    assert results == [True, True, True, False, False]
+
+
+def test_sessions_are_capped_least_recently_stored_first() -> None:
+    store = MemorySessions(Clock(), max_sessions=3)
+    for name in "abcd":
+        store.put(Session(name), ttl=60.0)
+    store.put(Session("b"), ttl=60.0)  # stored again: now the most recent
+    store.put(Session("e"), ttl=60.0)
+    assert len(store) == 3 and store.evicted == 2
+    held = [name for name in "abcde" if _result(store.get(name)) is not None]
+    assert held == ["b", "d", "e"]
