@@ -254,3 +254,39 @@ def test_socket_activation_through_an_inherited_listener(
         ws.send('{"via": "systemd"}')
         assert ws.recv(5) == '{"via": "systemd"}'
     assert server.stop() == 0
+
+
+def _soft_file_limit(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/limits").read_text().splitlines():
+        if line.startswith("Max open files"):
+            return int(line.split()[3])
+    raise AssertionError("no open-file limit in /proc")
+
+
+def test_the_open_file_limit_is_raised_for_max_connections(
+    tmp_path: Path, running: list[Running]
+) -> None:
+    import resource
+
+    hard = resource.getrlimit(resource.RLIMIT_NOFILE)[1]
+    if hard != resource.RLIM_INFINITY and hard < 20000:
+        pytest.fail(f"this test needs a hard open-file limit of 20,000 or more, not {hard}")
+
+    def low_soft_limit() -> None:  # as many distributions start services: 1,024
+        resource.setrlimit(resource.RLIMIT_NOFILE, (1024, hard))
+
+    server = Running(PYTHON_M + LOOPBACK_ARGS, clean_env(), tmp_path,
+                     preexec_fn=low_soft_limit)
+    running.append(server)
+    server.urls()
+    # server.max_connections (10,000) + admin.max_connections (64) + spare ones
+    assert _soft_file_limit(server.proc.pid) == 10000 + 64 + 256
+    assert "open file limit" not in server.output()
+    server.stop()
+    capped = Running(PYTHON_M + LOOPBACK_ARGS, clean_env(), tmp_path,
+                     preexec_fn=lambda: resource.setrlimit(resource.RLIMIT_NOFILE, (512, 2048)))
+    running.append(capped)
+    capped.urls()
+    assert _soft_file_limit(capped.proc.pid) == 2048
+    assert "open file limit is 2048, below server.max_connections (10000)" in capped.output()
+    capped.stop()

@@ -50,7 +50,7 @@ async def _read_all(client: RawSocket, timeout: float) -> tuple[list[tuple[int, 
             opcode, payload = await client._receive(timeout)
             frames.append((opcode, payload))
             if opcode == CLOSE:
-                return frames, "close:%d" % struct.unpack("!H", payload[:2])
+                return frames, f"close:{struct.unpack('!H', payload[:2])[0]}"
     except (asyncio.IncompleteReadError, ConnectionResetError):
         return frames, "eof"
     except TimeoutError:

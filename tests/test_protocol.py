@@ -243,3 +243,23 @@ def test_autobahn_is_left_as_it_was_after_a_connection(harness: Harness) -> None
     # ...and its options are class attributes, not copies on each connection.
     assert "maxMessagePayloadSize" not in vars(protocol)
     assert protocol.maxMessagePayloadSize == harness.config.server.max_message_size
+
+
+def test_a_handshake_imports_nothing(harness: Harness, monkeypatch: pytest.MonkeyPatch) -> None:
+    # With every file descriptor in use an import fails (EMFILE): the wire
+    # modules are imported at start-up, not at the first handshake.
+    import builtins
+
+    harness.open("/warm-up")  # whatever Autobahn imports once per process
+
+    real_import = builtins.__import__
+
+    def refuse(name: str, globals: Any = None, locals: Any = None, fromlist: Any = (),
+               level: int = 0) -> Any:
+        if level or name.startswith("omega_ws"):
+            raise ImportError(f"{name} imported during a handshake")
+        return real_import(name, globals, locals, fromlist, level)
+
+    monkeypatch.setattr(builtins, "__import__", refuse)
+    harness.open("/raw")
+    harness.open("/connection/websocket")
