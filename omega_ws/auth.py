@@ -65,6 +65,8 @@ class TokenVerifier:
         """
         if not self._keys:
             raise InvalidToken("no token key is configured")
+        if not token.isascii():  # a JWT is base64url and dots; PyJWT would fail to encode
+            raise InvalidToken("not a JWT")
         claims = None
         for key, algorithm in self._keys:
             try:

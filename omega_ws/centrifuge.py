@@ -647,6 +647,9 @@ def _size(publications: list[Publication]) -> int:
 
 def _offset(value: Any) -> int:
     """Offsets arrive as numbers, or as strings from 64-bit-safe encoders."""
+    if isinstance(value, bool) or (isinstance(value, float) and not value.is_integer()):
+        # true is not 1, nor 2.5 two: a position the client never had.
+        raise ReplyError(BAD_REQUEST_ERROR, "bad request")
     try:
         offset = int(value)
     except (TypeError, ValueError, OverflowError):

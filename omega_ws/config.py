@@ -261,17 +261,24 @@ def _read_toml(path: Path) -> dict[str, Any]:
             document = tomllib.load(stream)
     except OSError as e:
         raise ConfigError(f"config file {path}: cannot read it ({e.strerror})") from None
+    except ValueError as e:  # a NUL byte in the path
+        raise ConfigError(f"config file {path!r}: not a valid path ({e})") from None
     except tomllib.TOMLDecodeError as e:
         raise ConfigError(f"config file {path}: invalid TOML ({e})") from None
     flat = _flatten(document, f"config file {path}")
     return _resolve_paths(flat, path.resolve().parent)
 
 
+def _printable(name: str) -> str:
+    """A name as it can stand in a one-line message (quoted if it has control characters)."""
+    return name if name.isprintable() else repr(name)
+
+
 def _flatten(document: Mapping[str, Any], where: str) -> dict[str, Any]:
     flat = {}
     for section, values in document.items():
         if section not in _SECTIONS:
-            raise ConfigError(f"{section}: unknown section in {where}")
+            raise ConfigError(f"{_printable(section)}: unknown section in {where}")
         if not isinstance(values, Mapping):
             raise ConfigError(f"{section}: must be a table of keys in {where}")
         for name, value in values.items():
@@ -286,7 +293,10 @@ def _resolve_paths(flat: dict[str, Any], base_dir: Path) -> dict[str, Any]:
     for key in _PATH_KEYS:
         value = resolved.get(key)
         if isinstance(value, str) and value:
-            resolved[key] = str(base_dir / Path(value).expanduser())
+            try:
+                resolved[key] = str(base_dir / Path(value).expanduser())
+            except RuntimeError as e:  # ~user with no such user
+                raise ConfigError(f"{key}: {value!r}: {e}") from None
     return resolved
 
 
@@ -301,7 +311,7 @@ def _check_known(key: str, where: str) -> None:
     if section not in _SECTIONS or name not in {
         f.name for f in dataclasses.fields(_SECTIONS[section])
     }:
-        raise ConfigError(f"{key}: unknown key in {where}")
+        raise ConfigError(f"{_printable(key)}: unknown key in {where}")
 
 
 def _base_type(hint: Any) -> Any:
@@ -357,8 +367,11 @@ def _coerce(key: str, value: Any) -> Any:
     elif base is int:
         ok = isinstance(value, int) and not isinstance(value, bool)
     elif base is float:
-        ok = isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(
-            value)
+        try:
+            ok = (isinstance(value, int | float) and not isinstance(value, bool)
+                  and math.isfinite(value))
+        except OverflowError:  # an integer too large for a float
+            ok = False
         value = float(value) if ok else value
     elif base is str:
         ok = isinstance(value, str | os.PathLike)
@@ -480,6 +493,8 @@ def _readable(key: str, path: str) -> bytes:
         return Path(path).read_bytes()
     except OSError as e:
         raise ConfigError(f"{key}: cannot read {path} ({e.strerror})") from None
+    except ValueError as e:  # a NUL byte in the path
+        raise ConfigError(f"{key}: {path!r} is not a valid path ({e})") from None
 
 
 def _validate_public_key(path: str) -> None:

@@ -18,11 +18,12 @@ import socket
 import struct
 import termios
 from collections.abc import Callable
-from typing import Any
+from typing import Any, cast
 
-from twisted.internet import tcp
+from twisted.internet import main, tcp
 from twisted.internet.interfaces import IDelayedCall, IPushProducer, IReactorTime, ITransport
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 from zope.interface import implementer
 
 __all__ = ["FlushScheduler", "Outbox", "close_without_reset", "unsent_bytes"]
@@ -218,24 +219,36 @@ def close_without_reset(transport: object) -> bool:
     End a connection whose peer stopped reading without a TCP reset, which
     would make the peer's kernel discard what it already received: drop
     what was never handed to the kernel (callers count it as unsent),
-    drain unread input (closing with unread input sends a reset), then
-    close, so that the kernel delivers its queue and a FIN in the
-    background.  False when C{transport} is not TCP: abort it instead.
+    drain unread input (closing with unread input sends a reset), and
+    close the socket now, in an orderly way: the kernel delivers its queue
+    and a FIN in the background, and the descriptor is free at once (a
+    peer that never reads again holds nothing of ours).  False when
+    C{transport} is not TCP: abort it instead.
     """
     connection = _tcp_of(transport)
-    if connection is None or not connection.connected or connection.disconnecting:
+    if (connection is None or not connection.connected or connection.disconnected
+            or getattr(connection, "_aborting", False)):
         return False
+    connection._aborting = True  # Twisted's own guard against a second close
+    connection.stopReading()
+    connection.stopWriting()
+    if connection.producer is not None:
+        connection.unregisterProducer()
     connection.dataBuffer = b""
     connection.offset = 0
     connection._tempDataBuffer = []
     connection._tempDataLen = 0
-    if connection.producer is not None:
-        connection.unregisterProducer()
-    try:
-        for _ in range(64):  # bounded: at most 4 MiB of input read and dropped
-            if not connection.socket.recv(65536, socket.MSG_DONTWAIT):
-                break
-    except OSError:
-        pass  # nothing more to read (EAGAIN), or the peer is gone
-    connection.loseConnection()
+
+    def close() -> None:
+        try:
+            for _ in range(64):  # bounded: at most 4 MiB of input read and dropped
+                if not connection.socket.recv(65536, socket.MSG_DONTWAIT):
+                    break
+        except (OSError, AttributeError):
+            pass  # nothing more to read (EAGAIN), or the socket is gone
+        # CONNECTION_DONE: Twisted shuts the socket down and closes it, no linger.
+        connection.connectionLost(Failure(main.CONNECTION_DONE))
+
+    # As Twisted's abortConnection: not from within the caller's stack.
+    cast(IReactorTime, connection.reactor).callLater(0, close)
     return True

@@ -86,6 +86,9 @@ async def test_a_dropped_raw_session_resumes_without_a_gap(serve: StartServer,
         # Still stalled while the server gives up on it: past the 2 s close
         # handshake (slow consumer), or a sweep, its timeout and the drop.
         await asyncio.sleep(3.0 if drop == "slow_consumer" else 2.5)
+        # The server let go of it (its descriptor too) while it still stalls.
+        gone = not server.service.factory.connections  # type: ignore[attr-defined]
+        assert gone, "the dropped connection is still held"
         # The client wakes up and reads what its kernel kept for it.
         before, ended = await _read_all(stalled, timeout=3.0)
         stalled.close()
