@@ -32,6 +32,7 @@ from twisted.internet.interfaces import (
     IDelayedCall,
     IHalfCloseableProtocol,
     IProtocolNegotiationFactory,
+    IPushProducer,
     IReactorTime,
     ITransport,
 )
@@ -57,6 +58,8 @@ __all__ = ["OmegaProtocol", "OmegaServerFactory", "Wire"]
 _log = Logger()
 
 CLOSE_HANDSHAKE_TIMEOUT = 2.0
+# Bytes parsed after our close frame while looking for the peer's reply.
+_INPUT_AFTER_CLOSE = 16384
 _HTTP_REASONS = {400: "bad_request", 401: "unauthorized", 403: "forbidden", 404: "path",
                  409: "client_id_conflict", 426: "not_websocket", 429: "reconnecting_too_often",
                  431: "header_too_large", 500: "internal", 503: "capacity"}
@@ -139,6 +142,7 @@ class OmegaProtocol(WebSocketServerProtocol):
     _error_counted = False
     _over_ip_limit = False
     _fragments = 0  # frames of the message being received
+    _input_after_close = 0  # bytes received since we sent our close frame
     # The payload of the heartbeat ping not answered yet: only its pong counts.
     ping_payload: bytes | None = None
     # Bytes written but not known to have reached the peer, when that was last
@@ -239,6 +243,19 @@ class OmegaProtocol(WebSocketServerProtocol):
             _log.failure("handling a message from {client_id} failed",
                          client_id=info.client_id)
             self._fail_connection(1011, "Internal error")
+
+    def dataReceived(self, data: bytes) -> None:
+        if self.state == self.STATE_CLOSING and self.closedByMe:
+            # Waiting for the close reply: a few frames may still be in flight,
+            # but a peer that keeps sending (a flood of tiny frames, say) is
+            # not worth parsing.  Stop reading it; the close-handshake timeout
+            # ends the connection, with a FIN that browsers count as clean.
+            self._input_after_close += len(data)
+            if self._input_after_close > _INPUT_AFTER_CLOSE:
+                if self.transport is not None:
+                    cast(IPushProducer, self.transport).pauseProducing()
+                return
+        super().dataReceived(data)
 
     def onMessageBegin(self, isBinary: bool) -> None:
         self._fragments = 0

@@ -263,3 +263,17 @@ def test_a_handshake_imports_nothing(harness: Harness, monkeypatch: pytest.Monke
     monkeypatch.setattr(builtins, "__import__", refuse)
     harness.open("/raw")
     harness.open("/connection/websocket")
+
+
+def test_after_our_close_a_flood_is_not_parsed(harness: Harness) -> None:
+    protocol, transport = harness.open()
+    protocol.dataReceived(client_frame(TEXT, b"not json"))
+    [(opcode, _)] = server_frames(harness.flushed(transport))
+    assert opcode == CLOSE
+    parsed: list[int] = []
+    protocol.onMessageFrameBegin = lambda length: parsed.append(length)  # type: ignore
+    flood = b"".join(client_frame(TEXT, b"x", ) for _ in range(4000))  # 28 KB of frames
+    for start in range(0, len(flood), 4096):
+        protocol.dataReceived(flood[start:start + 4096])
+    assert transport.producerState == "paused"  # no more reading: the timeout ends it
+    assert len(parsed) < 16384 // 7
