@@ -272,8 +272,8 @@ def test_after_our_close_a_flood_is_not_parsed(harness: Harness) -> None:
     assert opcode == CLOSE
     parsed: list[int] = []
     protocol.onMessageFrameBegin = lambda length: parsed.append(length)  # type: ignore
-    flood = b"".join(client_frame(TEXT, b"x", ) for _ in range(4000))  # 28 KB of frames
+    flood = b"".join(client_frame(TEXT, b"x") for _ in range(4000))  # 28 KB of frames
     for start in range(0, len(flood), 4096):
         protocol.dataReceived(flood[start:start + 4096])
     assert transport.producerState == "paused"  # no more reading: the timeout ends it
-    assert len(parsed) < 16384 // 7
+    assert len(parsed) <= (16384 + 4096) // 7  # the allowance, and the read past it
