@@ -139,7 +139,7 @@ class OmegaService(MultiService):
         self.admin: ListenerService | None = None
         if config.admin.enabled:
             site = make_admin_site(self.problems, self.metrics.render, api_methods(self),
-                                   config.admin.api_key)
+                                   config.admin, clock, self.metrics.registry)
             self.admin = ListenerService(
                 reactor, "admin.port", "http",
                 f"tcp:{config.admin.port}:interface={_quote(config.admin.host)}", site)
