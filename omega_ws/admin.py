@@ -285,10 +285,12 @@ class _AdminChannel(HTTPChannel):
         super().connectionMade()
         self._counted = True
         self.site.opened()
+        self.site.waiting[self] = None
         self._arm(self.site.request_timeout, self._expire)
 
     def connectionLost(self, reason: Failure) -> None:  # type: ignore[override]
         self._disarm()
+        self.site.waiting.pop(self, None)
         if self._counted:
             self._counted = False
             self.site.closed()
@@ -308,6 +310,7 @@ class _AdminChannel(HTTPChannel):
 
     def allHeadersReceived(self) -> None:
         self._disarm()
+        self.site.waiting.pop(self, None)
         request = self.requests[-1]
         transport: Any = self.transport
         refusal = self.site.policy.screen(self._command, self._path, request.requestHeaders,
@@ -328,6 +331,7 @@ class _AdminChannel(HTTPChannel):
     def requestDone(self, request: Request) -> None:
         # Armed before Twisted parses any pipelined request, which re-arms it.
         if self.persistent:
+            self.site.waiting[self] = None
             self._arm(self.site.request_timeout, self._expire)
         else:
             # Connection: close; bound the time its last response may take to go.
@@ -423,9 +427,18 @@ class _AdminSite(Site):
         self.count = count
         self._clock = clock
         self._warned_at: float | None = None
+        # Connections still waiting for a request head, oldest first.
+        self.waiting: dict[_AdminChannel, None] = {}
 
     def buildProtocol(self, addr: IAddress | None) -> Any:
-        if self.open_connections >= self.max_connections:
+        if self.open_connections >= self.max_connections and self.waiting:
+            # Full: the connection that has waited longest for a request head
+            # makes room, so that slow clients cannot keep /health from answering.
+            oldest = next(iter(self.waiting))
+            del self.waiting[oldest]
+            self.count("evicted")
+            oldest._abort()
+        elif self.open_connections >= self.max_connections:
             self.count(_BUSY.reason)
             now = self._clock.seconds()
             if self._warned_at is None or now - self._warned_at >= _WARN_EVERY:

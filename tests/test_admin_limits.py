@@ -445,6 +445,11 @@ async def test_d_connections_past_the_cap_get_503_and_are_closed(serve: StartSer
     server = await serve(admin={"max_connections": 8})
     port = server.admin_port
     held = [await _open(port) for _ in range(8)]  # accepted in order, before the others
+    for _, writer in held:  # each is busy with a request (a head sent, its body not yet)
+        writer.write(_post(port, "/api/info", b"")[:-4].replace(
+            b"Content-Length: 0", b"Content-Length: 100") + b"\r\n\r\n")
+    assert await _open_connections(server, 8)
+    await aio(asyncio.sleep(0.1))
     busy = 0
     for _ in range(32):
         status, headers, body = await _raw(port, b"")
@@ -460,3 +465,20 @@ async def test_d_connections_past_the_cap_get_503_and_are_closed(serve: StartSer
     assert await _open_connections(server, 0)
     assert (await _refusals(server))["connections"] == busy
 
+
+
+@ensure_deferred
+async def test_d_slow_heads_make_room_for_a_health_check(serve: StartServer) -> None:
+    """A slowloris that holds every admin slot cannot keep /health from answering."""
+    server = await serve(admin={"max_connections": 8})
+    port = server.admin_port
+    slow = [await _open(port) for _ in range(8)]
+    for _, writer in slow:
+        writer.write(b"GET /health HTTP/1.1\r\nHost: x")  # and never the rest
+    assert await _open_connections(server, 8)
+    for _ in range(3):
+        status, _, body = await http("GET", "127.0.0.1", port, "/health")
+        assert status == 200 and json.loads(body)["status"] == "ok"
+    assert (await _refusals(server))["evicted"] >= 1  # a slow one made room
+    for _, writer in slow:
+        writer.close()
