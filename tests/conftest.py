@@ -7,6 +7,7 @@ asyncio reactor (pytest --reactor=asyncio) runs the server and the
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -14,6 +15,7 @@ import pytest_twisted
 
 from omega_ws import Server, start_server
 from omega_ws.config import Config
+from omega_ws.devcert import make_self_signed
 
 LOOPBACK = {"server": {"host": "127.0.0.1", "port": 0, "tls_port": 0}, "admin": {"port": 0}}
 
@@ -47,3 +49,13 @@ async def serve() -> AsyncIterator[StartServer]:
     yield start
     for server in started:
         await server.stop()
+
+
+@pytest.fixture
+def cert_pair(tmp_path: Path) -> tuple[Path, Path]:
+    """A self-signed certificate and its key, made for this test (never committed)."""
+    cert_pem, key_pem = make_self_signed()
+    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
+    cert.write_bytes(cert_pem)
+    key.write_bytes(key_pem)
+    return cert, key

@@ -34,7 +34,6 @@ from twisted.web.server import Site
 from twisted.web.static import File
 
 from omega_ws import Server
-from omega_ws.devcert import make_self_signed
 
 from .conftest import StartServer
 from .support import aio, api
@@ -72,12 +71,9 @@ def test_chromium_and_playwright_are_installed() -> None:
 
 
 @pytest.fixture
-def tls(tmp_path: Path) -> dict[str, str]:
+def tls(cert_pair: tuple[Path, Path]) -> dict[str, str]:
     """The C{server} section for a wss:// listener with a fresh self-signed pair."""
-    cert_pem, key_pem = make_self_signed()
-    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
-    cert.write_bytes(cert_pem)
-    key.write_bytes(key_pem)
+    cert, key = cert_pair
     return {"cert": str(cert), "key": str(key)}
 
 

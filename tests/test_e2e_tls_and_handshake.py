@@ -13,21 +13,10 @@ from pathlib import Path
 import pytest
 import pytest_twisted
 
-from omega_ws.devcert import make_self_signed
-
 from .conftest import StartServer
 from .support import aio, connect, http, recv, send
 
 ensure_deferred = pytest_twisted.ensureDeferred
-
-
-@pytest.fixture
-def cert_pair(tmp_path: Path) -> tuple[Path, Path]:
-    cert_pem, key_pem = make_self_signed()
-    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
-    cert.write_bytes(cert_pem)
-    key.write_bytes(key_pem)
-    return cert, key
 
 
 def client_context(cert: Path) -> ssl.SSLContext:

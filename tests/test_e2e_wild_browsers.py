@@ -15,22 +15,11 @@ import pytest
 import pytest_twisted
 from websockets.exceptions import InvalidStatus
 
-from omega_ws.devcert import make_self_signed
-
 from .conftest import StartServer
 from .rawsocket import CLOSE, CONTINUATION, PING, PONG, TEXT, RawSocket
 from .support import aio, api, closed, connect, recv, send
 
 ensure_deferred = pytest_twisted.ensureDeferred
-
-
-@pytest.fixture
-def cert_pair(tmp_path: Path) -> tuple[Path, Path]:
-    cert_pem, key_pem = make_self_signed()
-    cert, key = tmp_path / "cert.pem", tmp_path / "key.pem"
-    cert.write_bytes(cert_pem)
-    key.write_bytes(key_pem)
-    return cert, key
 
 
 def alpn_context(cert: Path, protocols: list[str]) -> ssl.SSLContext:

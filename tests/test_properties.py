@@ -59,8 +59,10 @@ from omega_ws.history import Publication
 from omega_ws.hub import Hub
 from omega_ws.jsonutil import compact, loads_strict, parse_json_object
 from omega_ws.metrics import Metrics
-from omega_ws.protocol import OmegaProtocol, OmegaServerFactory
+from omega_ws.protocol import OmegaProtocol
 from omega_ws.registry import Registry
+
+from .test_protocol import OmegaServerFactory, server_frames
 
 # No example database: it would be a directory in the checkout.
 FAST = settings(max_examples=150, deadline=None, database=None)
@@ -310,21 +312,6 @@ def client_frame(opcode: int, payload: bytes) -> bytes:
     else:
         header = struct.pack("!BBQ", 0x80 | opcode, 0x80 | 127, len(payload))
     return header + b"\0\0\0\0" + payload
-
-
-def server_frames(data: bytes) -> Iterator[tuple[int, bytes]]:
-    """(opcode, payload) of each unmasked server frame in C{data}."""
-    while data:
-        opcode, length = data[0] & 0x0F, data[1] & 0x7F
-        offset = 2
-        if length == 126:
-            (length,) = struct.unpack("!H", data[2:4])
-            offset = 4
-        elif length == 127:
-            (length,) = struct.unpack("!Q", data[2:10])
-            offset = 10
-        yield opcode, data[offset:offset + length]
-        data = data[offset + length:]
 
 
 class MemoryTransport(StringTransport):
