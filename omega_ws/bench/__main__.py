@@ -14,6 +14,9 @@ too.
   - idle memory: RSS growth per idle connection;
   - handshakes/s for many connections opened concurrently.
 
+C{python -m omega_ws.bench soak} is something else: a bounded soak of one
+server with random traffic and correctness and resource checks (C{soak.py}).
+
 Linux only (it reads /proc).  Needs Node.js and the C{websockets} package.
 """
 
@@ -247,8 +250,16 @@ def chart(results: dict[str, dict[str, Any]], path: Path) -> None:
 
 
 def main(argv: list[str] | None = None) -> None:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["soak"]:  # the bounded soak: its own options (soak --help)
+        from .soak import main as soak
+
+        soak(argv[1:])
+        return
     parser = argparse.ArgumentParser(prog="python -m omega_ws.bench", description=__doc__.split(
-        "\n\n")[0].strip(), formatter_class=argparse.RawDescriptionHelpFormatter)
+        "\n\n")[0].strip(), formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog="python -m omega_ws.bench soak [--duration SECONDS] ...: the bounded soak "
+               "(soak --help, docs/soak.md)")
     parser.add_argument("--subscribers", type=int, default=1000)
     parser.add_argument("--seconds", type=float, default=8.0, help="measured time per run")
     parser.add_argument("--warmup", type=float, default=2.0)
