@@ -1,50 +1,43 @@
 """
-The server API methods, in the shape of Centrifugo's HTTP API so that the
-C{cent} client works unchanged.  Each method takes the request body (a
-dict) and returns the C{result} body, or a Deferred of it; it raises
-L{ApiError} for a method-level error.  C{admin.py} serves them over HTTP.
+The server API over HTTP, in the shape of Centrifugo's so that the C{cent}
+client works unchanged: each method takes the request body (a dict),
+checks its fields, calls L{ServerApi} and returns the C{result} body, or a
+Deferred of it; it raises L{ApiError} for an error.  C{admin.py} serves
+them over HTTP.
 """
 
 from __future__ import annotations
 
-import fnmatch
 import json
-import uuid
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
-from twisted.internet.defer import Deferred, DeferredList, fail
+from twisted.internet.defer import Deferred
 
-from ._version import __version__
-from .config import valid_channel
-from .history import Publication, StreamPosition
+from .broker import Publication, StreamPosition
+from .server_api import (
+    BAD_REQUEST,
+    FORCE_NO_RECONNECT,
+    INTERNAL,
+    METHOD_NOT_FOUND,
+    UNAUTHORIZED,
+    UNKNOWN_CHANNEL,
+    ApiError,
+    checked_channel,
+    new_node_id,
+)
 
 if TYPE_CHECKING:
-    from .service import OmegaService
+    from .server_api import ServerApi
 
-__all__ = ["ApiError", "api_methods"]
-
-# Centrifugo's error codes.
-INTERNAL, UNAUTHORIZED, UNKNOWN_CHANNEL, METHOD_NOT_FOUND, BAD_REQUEST = 100, 101, 102, 104, 107
-UNRECOVERABLE_POSITION = 112
-FORCE_NO_RECONNECT = 3503
-
-
-class ApiError(Exception):
-    """
-    An error answer.  C{http_status} 400 for a malformed request (as
-    Centrifugo); 200 with the error in the body for a method-level error,
-    which is how C{cent} expects them.
-    """
-
-    def __init__(self, code: int, message: str, http_status: int = 200) -> None:
-        super().__init__(message)
-        self.http_status = http_status
-        self.code = code
-        self.message = message
-
+__all__ = ["BAD_REQUEST", "INTERNAL", "METHOD_NOT_FOUND", "UNAUTHORIZED", "UNKNOWN_CHANNEL",
+           "ApiError", "ApiMethod", "api_methods", "new_node_id"]
 
 ApiMethod = Callable[[dict[str, Any]], "Deferred[dict[str, Any]] | dict[str, Any]"]
+
+
+class _HasApi(Protocol):
+    api: ServerApi
 
 
 def _field(body: dict[str, Any], name: str, kind: type, required: bool = True) -> Any:
@@ -58,93 +51,79 @@ def _field(body: dict[str, Any], name: str, kind: type, required: bool = True) -
     return value
 
 
-def _channel(body: dict[str, Any]) -> str:
-    channel: str = _field(body, "channel", str)
-    if not valid_channel(channel):
-        raise ApiError(UNKNOWN_CHANNEL, f"unknown channel: invalid name {channel!r}")
-    return channel
+def _data(api: ServerApi, body: dict[str, Any]) -> bytes:
+    if "data" not in body:
+        raise ApiError(BAD_REQUEST, "bad request: data required", 400)
+    try:
+        return api.encode(body["data"])
+    except ValueError as e:
+        raise ApiError(BAD_REQUEST, f"bad request: {e}", 400) from None
 
 
-def _publication(publication: Publication) -> dict[str, Any]:
-    return {"data": json.loads(publication.data), "offset": publication.offset}
+def _since(body: dict[str, Any]) -> StreamPosition | None:
+    since = _field(body, "since", dict, required=False)
+    if since is None:
+        return None
+    offset, epoch = since.get("offset", 0), since.get("epoch", "")
+    if (not isinstance(offset, int) or isinstance(offset, bool) or offset < 0
+            or not isinstance(epoch, str)):
+        raise ApiError(BAD_REQUEST, "bad request: since must be {offset, epoch}", 400)
+    return StreamPosition(epoch, offset)
 
 
-def api_methods(service: OmegaService) -> dict[str, ApiMethod]:
-    """The methods, bound to one server."""
-    hub = service.hub
-    registry = service.registry
+def _position(publication: Publication) -> dict[str, Any]:
+    return {"offset": publication.offset, "epoch": publication.epoch}
+
+
+def api_methods(server: _HasApi) -> dict[str, ApiMethod]:
+    """The methods of C{server.api}, taking request bodies."""
+    api = server.api
 
     def publish(body: dict[str, Any]) -> Deferred[dict[str, Any]]:
-        channel = _channel(body)
-        if "data" not in body:
-            raise ApiError(BAD_REQUEST, "bad request: data required", 400)
-        return service.publish(channel, body["data"]).addCallback(
-            lambda p: {"offset": p.offset, "epoch": p.epoch})
+        channel = checked_channel(_field(body, "channel", str))
+        return api.publish(channel, _data(api, body)).addCallback(_position)
 
     def broadcast(body: dict[str, Any]) -> Deferred[dict[str, Any]]:
         channels = _field(body, "channels", list)
         if not all(isinstance(c, str) for c in channels):
             raise ApiError(BAD_REQUEST, "bad request: channels must be strings", 400)
-        if "data" not in body:
-            raise ApiError(BAD_REQUEST, "bad request: data required", 400)
-        calls = []
-        for channel in channels:
-            if valid_channel(channel):
-                calls.append(service.publish(channel, body["data"]))
-            else:
-                calls.append(fail(ApiError(UNKNOWN_CHANNEL,
-                                           f"unknown channel: invalid name {channel!r}")))
 
-        def responses(results: list[tuple[bool, Any]]) -> dict[str, Any]:
-            out = []
-            for ok, value in results:
-                if ok:
-                    out.append({"result": {"offset": value.offset, "epoch": value.epoch}})
+        def responses(results: list[Publication | Exception]) -> dict[str, Any]:
+            out: list[dict[str, Any]] = []
+            for result in results:
+                if isinstance(result, Publication):
+                    out.append({"result": _position(result)})
                 else:
-                    error = value.value
-                    code = error.code if isinstance(error, ApiError) else INTERNAL
-                    out.append({"error": {"code": code, "message": str(error)}})
+                    code = result.code if isinstance(result, ApiError) else INTERNAL
+                    out.append({"error": {"code": code, "message": str(result)}})
             return {"responses": out}
 
-        return DeferredList(calls, consumeErrors=True).addCallback(responses)
+        return api.broadcast(channels, _data(api, body)).addCallback(responses)
 
     def history(body: dict[str, Any]) -> Deferred[dict[str, Any]]:
-        channel = _channel(body)
+        channel = checked_channel(_field(body, "channel", str))
         limit = _field(body, "limit", int, required=False)
-        since_body = _field(body, "since", dict, required=False)
-        since = None
-        if since_body is not None:
-            offset = since_body.get("offset", 0)
-            epoch = since_body.get("epoch", "")
-            if (not isinstance(offset, int) or isinstance(offset, bool) or offset < 0
-                    or not isinstance(epoch, str)):
-                raise ApiError(BAD_REQUEST, "bad request: since must be {offset, epoch}", 400)
-            since = StreamPosition(epoch, offset)
-        reverse = bool(body.get("reverse"))
+        since = _since(body)
         # As Centrifugo: no limit or 0 gives the position only; -1 everything kept.
         wanted = 0 if not limit else (None if limit < 0 else limit)
+
         def answer(result: tuple[list[Publication], StreamPosition]) -> dict[str, Any]:
             publications, top = result
-            if since is not None and since.epoch and since.epoch != top.epoch:
-                raise ApiError(UNRECOVERABLE_POSITION, "unrecoverable position")
-            return {"publications": [_publication(p) for p in publications],
+            return {"publications": [{"data": json.loads(p.data), "offset": p.offset}
+                                     for p in publications],
                     "epoch": top.epoch, "offset": top.offset}
 
-        return hub.broker.history(channel, since, wanted, reverse).addCallback(answer)
+        return api.history(channel, since, wanted, bool(body.get("reverse"))).addCallback(
+            answer)
 
     def presence(body: dict[str, Any]) -> dict[str, Any]:
-        channel = _channel(body)
-        return {"presence": {m.client_id: {"client": m.client_id, "user": m.user}
-                             for m in hub.members(channel)}}
+        return api.presence(_field(body, "channel", str))
 
     def presence_stats(body: dict[str, Any]) -> dict[str, Any]:
-        members = hub.members(_channel(body))
-        return {"num_clients": len(members), "num_users": len({m.user for m in members})}
+        return api.presence_stats(_field(body, "channel", str))
 
     def channels(body: dict[str, Any]) -> dict[str, Any]:
-        pattern = _field(body, "pattern", str, required=False) or "*"
-        return {"channels": {name: {"num_clients": len(hub.members(name))}
-                             for name in hub.channels() if fnmatch.fnmatchcase(name, pattern)}}
+        return api.channels(_field(body, "pattern", str, required=False) or "*")
 
     def disconnect(body: dict[str, Any]) -> dict[str, Any]:
         user = _field(body, "user", str)
@@ -152,31 +131,14 @@ def api_methods(service: OmegaService) -> dict[str, ApiMethod]:
         spec = _field(body, "disconnect", dict, required=False) or {}
         code = spec.get("code", FORCE_NO_RECONNECT)
         reason = spec.get("reason", "force disconnect")
-        if not isinstance(code, int) or not 3000 <= code <= 4999 or not isinstance(reason, str):
+        if not isinstance(code, int) or isinstance(code, bool) or not isinstance(reason, str):
             raise ApiError(BAD_REQUEST, "bad request: disconnect code must be 3000-4999", 400)
-        for connection in registry:
-            info = connection.info
-            if info.user == user and (client is None or info.client_id == client):
-                connection.close_with(code, reason)
+        api.disconnect(user, client, code, reason)
         return {}
 
     def info(body: dict[str, Any]) -> dict[str, Any]:
-        connections = list(registry)
-        return {"nodes": [{
-            "uid": service.node_id,
-            "name": "omega-ws",
-            "version": __version__,
-            "num_clients": len(connections),
-            "num_users": len({c.info.user for c in connections}),
-            "num_subs": sum(len(c.info.channels) for c in connections),
-            "num_channels": len(hub.channels()),
-            "uptime": int(service.reactor.seconds() - service.started_at),
-        }]}
+        return api.info()
 
     return {"publish": publish, "broadcast": broadcast, "history": history,
             "presence": presence, "presence_stats": presence_stats, "channels": channels,
             "disconnect": disconnect, "info": info}
-
-
-def new_node_id() -> str:
-    return str(uuid.uuid4())

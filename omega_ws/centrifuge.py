@@ -18,9 +18,8 @@ from __future__ import annotations
 
 import math
 import uuid
-from typing import TYPE_CHECKING, Any, cast
+from typing import Any, cast
 
-from autobahn.websocket.protocol import PreparedMessage
 from autobahn.websocket.types import ConnectionRequest
 from twisted.internet.defer import Deferred, maybeDeferred
 from twisted.internet.interfaces import IDelayedCall
@@ -29,81 +28,76 @@ from twisted.python.failure import Failure
 
 from ._version import __version__
 from .auth import ANONYMOUS, Identity, InvalidToken, TokenExpired
-from .broker import BrokerUnavailable
-from .config import valid_channel
-from .history import Publication, Recovery, StreamPosition
+from .broker.history import Publication, StreamPosition
+from .centrifuge_codec import (
+    ALREADY_SUBSCRIBED,
+    BAD_REQUEST,
+    BAD_REQUEST_ERROR,
+    EXPIRED,
+    FORCE_RECONNECT,
+    INTERNAL,
+    INVALID_TOKEN,
+    LIMIT_EXCEEDED,
+    METHOD_NOT_FOUND,
+    NO_PONG,
+    NOT_AVAILABLE,
+    PERMISSION_DENIED,
+    SHUTDOWN,
+    SLOW,
+    STALE,
+    TOKEN_EXPIRED,
+    TOO_MANY_REQUESTS,
+    UNSUBSCRIBE_SERVER,
+    Disconnect,
+    Raw,
+    ReplyError,
+    encode_pub_push,
+    encode_reply,
+    offset_of,
+    size_of,
+)
+from .hub import BrokerUnavailable, Joined
 from .jsonutil import compact, loads_strict
 from .limits import PublishLimit, TokenBucket
 from .registry import ClientInfo
-
-if TYPE_CHECKING:
-    from .protocol import OmegaProtocol
+from .server_api import ApiError, ServerApi, checked_channel, presence_of
+from .wire import CloseReason, Link, Prepared, WireContext
 
 __all__ = ["CENTRIFUGE_PATH", "CentrifugeWire", "ReplyError"]
+
+# Names the tests know the encoder by.
+_Raw, _offset = Raw, offset_of
 
 _log = Logger()
 
 CENTRIFUGE_PATH = "/connection/websocket"
 JSON_SUBPROTOCOL = "centrifuge-json"
 
-# Disconnect (close) codes: 3000-3499 the SDKs reconnect, 3500-3999 they don't.
-SHUTDOWN, EXPIRED, SLOW, FORCE_RECONNECT, NO_PONG = 3001, 3005, 3008, 3011, 3012
-INVALID_TOKEN, BAD_REQUEST, STALE = 3500, 3501, 3502
-
-# Error codes in replies.
-INTERNAL, UNAUTHORIZED, UNKNOWN_CHANNEL, PERMISSION_DENIED, METHOD_NOT_FOUND = (
-    100, 101, 102, 103, 104)
-ALREADY_SUBSCRIBED, LIMIT_EXCEEDED, BAD_REQUEST_ERROR, NOT_AVAILABLE, TOKEN_EXPIRED = (
-    105, 106, 107, 108, 109)
-TOO_MANY_REQUESTS, UNRECOVERABLE_POSITION = 111, 112
-
 # Channels one connection may subscribe to at once (Centrifugo's default too).
 MAX_CHANNELS = 128
 # Commands in one frame; the replies to a frame go out as one message.
 MAX_COMMANDS_PER_FRAME = 100
 
-# Unsubscribe push codes: below 2500 the SDK stays unsubscribed.
-UNSUBSCRIBE_SERVER = 2000
+# How the Centrifuge wire ends a connection, for each reason: how, code,
+# text, and whether the disconnect push goes first.
+CLOSES: dict[CloseReason, tuple[str, int, str, bool]] = {
+    # As for raw clients (SPEC 7); the SDKs reconnect on codes below 3000.
+    CloseReason.INACTIVE: ("close", 1000, "Inactive client", False),
+    CloseReason.REPLACED: ("close", FORCE_RECONNECT, "replaced", True),
+    CloseReason.EXPIRED: ("close", EXPIRED, "connection expired", True),
+    CloseReason.SHUTDOWN: ("close", SHUTDOWN, "shutdown", True),
+    CloseReason.SLOW: ("fail", SLOW, "slow", False),
+    # A close frame with the code, so the SDK knows to reconnect; ends in ERROR.
+    CloseReason.UNRESPONSIVE: ("fail", NO_PONG, "no pong", False),
+}
 
 
-class ReplyError(Exception):
-    """An error reply to one command; the connection stays up."""
-
-    def __init__(self, code: int, message: str, temporary: bool = False) -> None:
-        super().__init__(message)
-        self.code = code
-        self.message = message
-        self.temporary = temporary
-
-    def as_dict(self) -> dict[str, Any]:
-        error: dict[str, Any] = {"code": self.code, "message": self.message}
-        if self.temporary:
-            error["temporary"] = True
-        return error
+def _prepare_push(publication: Publication) -> Prepared:
+    return Prepared(_push_bytes(publication))
 
 
-class Disconnect(Exception):
-    """End the connection with a Centrifugo disconnect code."""
-
-    def __init__(self, code: int, reason: str) -> None:
-        super().__init__(reason)
-        self.code = code
-        self.reason = reason
-
-
-def _publication_json(publication: Publication) -> bytes:
-    """
-    C{{"data": <as published>, "offset": N}}; the data is not re-encoded,
-    but line feeds (whitespace between JSON tokens: never inside a string)
-    become spaces, since the SDKs split frames on them.
-    """
-    data = publication.data.replace(b"\n", b" ")
-    return b'{"data":' + data + b',"offset":' + str(publication.offset).encode() + b"}"
-
-
-def encode_pub_push(publication: Publication) -> bytes:
-    return (b'{"push":{"channel":' + compact(publication.channel) + b',"pub":'
-            + _publication_json(publication) + b"}}")
+# The server ping, framed once.
+PING = Prepared(b"{}")
 
 
 def _push_bytes(publication: Publication) -> bytes:
@@ -112,7 +106,7 @@ def _push_bytes(publication: Publication) -> bytes:
 
 
 class _Subscription:
-    __slots__ = ("channel", "join_leave", "pending", "position", "ready")
+    __slots__ = ("channel", "join_leave", "pending", "ready")
 
     def __init__(self, channel: str, join_leave: bool) -> None:
         self.channel = channel
@@ -121,7 +115,6 @@ class _Subscription:
         # (None once it is); the SDKs drop pushes for a channel before that.
         self.pending: list[Publication] | None = []
         self.ready = False  # the reply is made
-        self.position: StreamPosition | Publication | None = None
 
 
 class _ChannelSubscriber:
@@ -138,18 +131,18 @@ class _ChannelSubscriber:
 
     @property
     def info(self) -> ClientInfo:
-        return self.wire.protocol.info
+        return self.wire.link.info
 
 
 class CentrifugeWire:
     """The Centrifuge protocol on one connection: several channels, recovery, tokens."""
 
-    __slots__ = ("protocol", "omega", "identity", "connected", "subscriptions", "_bucket",
+    __slots__ = ("context", "link", "identity", "connected", "subscriptions", "_bucket",
                  "_subscribe_bucket", "_batch", "_batch_size", "_closing", "_connect_deadline")
 
-    def __init__(self, protocol: OmegaProtocol) -> None:
-        self.protocol = protocol
-        self.omega = protocol.omega
+    def __init__(self, context: WireContext, link: Link) -> None:
+        self.context = context
+        self.link = link
         self.identity: Identity = ANONYMOUS
         self.connected = False
         self.subscriptions: dict[str, _ChannelSubscriber] = {}
@@ -174,23 +167,23 @@ class CentrifugeWire:
         return JSON_SUBPROTOCOL if JSON_SUBPROTOCOL in request.protocols else None
 
     def on_open(self) -> None:
-        omega = self.omega
-        now = omega.clock.seconds()
-        self.protocol.info = ClientInfo(str(uuid.uuid4()), str(self.protocol.peer),
+        context = self.context
+        now = context.clock.seconds()
+        self.link.info = ClientInfo(str(uuid.uuid4()), str(self.link.peer),
                                         "centrifuge", now)
-        server = omega.config.server
+        server = context.config.server
         if server.subscribe_rate:
             self._subscribe_bucket = TokenBucket(server.subscribe_rate, MAX_CHANNELS, now)
-        omega.registry.add(self.protocol)
+        context.registry.add(self.link)
         # A client must say connect soon: it gets no pings before, so the idle
         # monitor alone would let it sit for idle_timeout.
-        self._connect_deadline = omega.clock.callLater(
+        self._connect_deadline = context.clock.callLater(
             server.handshake_timeout, self._not_connected)
 
     def _not_connected(self) -> None:
         self._connect_deadline = None
         if not self.connected:
-            self.protocol.reject(STALE, "stale", "stale")
+            self.link.reject(STALE, "stale", "stale")
 
     def on_close(self, was_clean: bool, close_code: int) -> None:
         if self._connect_deadline is not None and self._connect_deadline.active():
@@ -202,7 +195,7 @@ class CentrifugeWire:
     # -- frames ---------------------------------------------------------------
 
     def on_message(self, payload: bytes, is_binary: bool) -> None:
-        self.omega.metrics.messages_received.labels("centrifuge").inc()
+        self.context.metrics.messages_received.labels("centrifuge").inc()
         if is_binary:
             self._disconnect(BAD_REQUEST, "bad request")
             return
@@ -236,7 +229,7 @@ class CentrifugeWire:
                 if not self.connected:
                     self._closing = (BAD_REQUEST, "bad request")
                     return
-                self.protocol.info.ping_sent_at = None
+                self.link.info.ping_sent_at = None
                 continue
             try:
                 reply = self._dispatch(command)
@@ -256,7 +249,7 @@ class CentrifugeWire:
         """
         assert self._batch is not None
         self._batch_size += len(message)
-        if self._batch_size > self.omega.config.server.max_queue_size:
+        if self._batch_size > self.context.config.server.max_queue_size:
             self._batch.clear()
             self._closing = (SLOW, "slow")
         elif self._closing is None:
@@ -301,11 +294,14 @@ class CentrifugeWire:
             return None
         if failure.check(ReplyError):
             return self._reply(command_id, method, cast(ReplyError, failure.value))
+        if failure.check(ApiError):
+            refused = cast(ApiError, failure.value)
+            return self._reply(command_id, method, ReplyError(refused.code, refused.message))
         if failure.check(BrokerUnavailable):
             return self._reply(command_id, method,
                                ReplyError(INTERNAL, "broker unavailable", temporary=True))
         _log.failure("{method} from {client_id} failed", failure, method=method,
-                     client_id=self.protocol.info.client_id)
+                     client_id=self.link.info.client_id)
         return self._reply(command_id, method, ReplyError(INTERNAL, "internal server error"))
 
     def _send_reply(self, reply: bytes | None) -> None:
@@ -329,7 +325,7 @@ class CentrifugeWire:
 
     def _write(self, messages: list[bytes]) -> None:
         if messages:
-            self.protocol.send_text(b"\n".join(messages))
+            self.link.send_text(b"\n".join(messages))
 
     def _disconnect(self, code: int, reason: str) -> None:
         if code in (BAD_REQUEST, INVALID_TOKEN, SLOW):
@@ -337,7 +333,7 @@ class CentrifugeWire:
             # more than max_queue_size of answers): counted, and ends in ERROR.
             self._push_disconnect(code, reason)
             metric = "answers_too_large" if code == SLOW else reason.replace(" ", "_")
-            self.protocol.reject(code, reason, metric)
+            self.link.reject(code, reason, metric)
         else:
             self.close_with(code, reason)
 
@@ -348,34 +344,34 @@ class CentrifugeWire:
 
     def close_with(self, code: int, reason: str) -> None:
         self._push_disconnect(code, reason)
-        self.protocol.close(code, reason)
+        self.link.close(code, reason)
 
     # -- connect, refresh ---------------------------------------------------------
 
     def _verify(self, token: Any) -> Identity:
-        omega = self.omega
+        context = self.context
         if not token:
-            if omega.tokens.anonymous_allowed:
+            if context.tokens.anonymous_allowed:
                 return ANONYMOUS
             raise Disconnect(INVALID_TOKEN, "invalid token")
         if not isinstance(token, str):
             raise Disconnect(BAD_REQUEST, "bad request")
         try:
-            return omega.tokens.verify(token, omega.clock.seconds())
+            return context.tokens.verify(token, context.clock.seconds())
         except TokenExpired:
             if self.connected:  # refresh: as Centrifugo, the SDK reconnects and gets a new one
                 raise Disconnect(EXPIRED, "connection expired") from None
             raise ReplyError(TOKEN_EXPIRED, "token expired") from None
         except InvalidToken as e:
             _log.info("centrifuge client {client_id}: invalid token ({error})",
-                      client_id=self.protocol.info.client_id, error=str(e))
+                      client_id=self.link.info.client_id, error=str(e))
             raise Disconnect(INVALID_TOKEN, "invalid token") from None
 
     def _expiry(self, identity: Identity) -> dict[str, Any]:
         if identity.expires_at is None:
             return {}
         # Rounded down, as Centrifugo does: the SDK refreshes at ttl, before exp.
-        ttl = max(1, math.floor(identity.expires_at - self.omega.clock.seconds()))
+        ttl = max(1, math.floor(identity.expires_at - self.context.clock.seconds()))
         return {"expires": True, "ttl": ttl}
 
     def handle_connect(self, body: dict[str, Any]) -> dict[str, Any]:
@@ -383,15 +379,15 @@ class CentrifugeWire:
             raise Disconnect(BAD_REQUEST, "bad request")
         identity = self._verify(body.get("token"))
         self.identity = identity
-        info = self.protocol.info
+        info = self.link.info
         info.user = identity.user
         info.expires_at = identity.expires_at
         self.connected = True
-        self._bucket = self.omega.publish_limit(self.protocol, identity.user)
+        self._bucket = self.context.publish_limit(self.link.peer_host, identity.user)
         if self._connect_deadline is not None and self._connect_deadline.active():
             self._connect_deadline.cancel()
         return {"client": info.client_id, "version": __version__,
-                "ping": max(1, round(self.omega.config.heartbeat.ping_interval)),
+                "ping": max(1, round(self.context.config.heartbeat.ping_interval)),
                 "pong": True, **self._expiry(identity)}
 
     def handle_refresh(self, body: dict[str, Any]) -> dict[str, Any]:
@@ -399,7 +395,7 @@ class CentrifugeWire:
         if identity.user != self.identity.user:
             raise Disconnect(INVALID_TOKEN, "invalid token")
         self.identity = identity
-        info = self.protocol.info
+        info = self.link.info
         info.expires_at = identity.expires_at
         for channel in [c for c in self.subscriptions if not identity.allows(c)]:
             self._server_unsubscribe(channel, UNSUBSCRIBE_SERVER, "permission denied")
@@ -408,93 +404,84 @@ class CentrifugeWire:
     # -- subscriptions ----------------------------------------------------------------
 
     def _channel(self, body: dict[str, Any]) -> str:
-        channel = body.get("channel")
-        if not isinstance(channel, str) or not channel:
-            raise ReplyError(BAD_REQUEST_ERROR, "bad request")
-        if not valid_channel(channel):
-            raise ReplyError(UNKNOWN_CHANNEL, "unknown channel")
+        try:
+            channel = checked_channel(body.get("channel"))
+        except ApiError as e:
+            raise ReplyError(e.code, "bad request" if e.code == BAD_REQUEST_ERROR
+                             else "unknown channel") from None
         if not self.identity.allows(channel):
             raise ReplyError(PERMISSION_DENIED, "permission denied")
         return channel
 
-    def handle_subscribe(self, body: dict[str, Any]) -> Deferred[_Raw]:
+    def handle_subscribe(self, body: dict[str, Any]) -> Deferred[Raw]:
         channel = self._channel(body)
         if channel in self.subscriptions:
             raise ReplyError(ALREADY_SUBSCRIBED, "already subscribed")
         if len(self.subscriptions) >= MAX_CHANNELS:
             raise ReplyError(LIMIT_EXCEEDED, "limit exceeded")
         bucket = self._subscribe_bucket
-        if bucket is not None and not bucket.take(self.omega.clock.seconds()):
-            self.omega.metrics.rate_limited.labels("subscribe").inc()
+        if bucket is not None and not bucket.take(self.context.clock.seconds()):
+            self.context.metrics.rate_limited.labels("subscribe").inc()
             raise ReplyError(TOO_MANY_REQUESTS, "too many requests", temporary=True)
         # Everything that can be refused is checked before anything is registered.
-        recover = bool(body.get("recover"))
         since = None
-        if recover:
-            since = StreamPosition(str(body.get("epoch", "")), _offset(body.get("offset", 0)))
+        if body.get("recover"):
+            since = StreamPosition(str(body.get("epoch", "")), offset_of(body.get("offset", 0)))
         subscription = _Subscription(channel, bool(body.get("join_leave")))
         subscriber = _ChannelSubscriber(self, subscription)
         self.subscriptions[channel] = subscriber
-        self.protocol.info.channels.add(channel)
-        omega = self.omega
-        omega.hub.subscribe(channel, subscriber)  # live publications are held meanwhile
-        broker = omega.hub.broker
-        d: Deferred[Any] = (broker.recover(channel, since) if since is not None
-                            else broker.position(channel))
-
-        def answer(result: Recovery | StreamPosition) -> _Raw:
-            position = result.position if isinstance(result, Recovery) else result
-            reply: dict[str, Any] = {"recoverable": True, "positioned": True,
-                                     "epoch": position.epoch, "offset": position.offset}
-            missed: list[Publication] = []
-            if isinstance(result, Recovery):
-                if _size(result.publications) > omega.config.server.max_queue_size:
-                    # Too much to send in one reply: the client resyncs instead.
-                    result = Recovery(False, [], result.position)
-                reply["was_recovering"] = True
-                reply["recovered"] = result.recovered
-                if result.recovered:
-                    # As Centrifugo: the position the client sent; it advances
-                    # through the publications that come with the reply.
-                    reply["offset"] = since.offset  # type: ignore[union-attr]
-                else:
-                    omega.metrics.recovery_gaps.labels("centrifuge").inc()
-                missed = result.publications
-            subscription.position = position
-            subscription.ready = True
-            self._announce(subscriber, "join")
-            # The publications keep their bytes: spliced into the reply as JSON text.
-            return _Raw(reply, missed)
+        self.link.info.channels.add(channel)
 
         def failed(failure: Failure) -> Failure:
             self._forget(channel)
             return failure
 
-        return d.addCallbacks(answer, failed)
+        # The hub holds live publications meanwhile and hands them over after the missed ones.
+        return self.context.hub.join(channel, subscriber, since).addCallbacks(
+            self._subscribed, failed, callbackArgs=(subscriber, since))
+
+    def _subscribed(self, joined: Joined, subscriber: _ChannelSubscriber,
+                    since: StreamPosition | None) -> Raw:
+        position = joined.position
+        reply: dict[str, Any] = {"recoverable": True, "positioned": True,
+                                 "epoch": position.epoch, "offset": position.offset}
+        in_reply: list[Publication] = []
+        after_reply = joined.publications
+        if since is not None:
+            recovered = joined.recovered and (size_of(joined.publications)
+                                              <= self.context.config.server.max_queue_size)
+            reply["was_recovering"] = True
+            reply["recovered"] = recovered
+            if recovered:
+                # As Centrifugo: the position the client sent; it advances
+                # through the publications that come with the reply.
+                reply["offset"] = since.offset
+                in_reply, after_reply = joined.publications, []
+            else:
+                # Too much to send in one reply, or history did not cover it:
+                # the client resyncs, and gets what is live from the position on.
+                self.context.metrics.recovery_gaps.labels("centrifuge").inc()
+                after_reply = joined.publications[joined.missed:]
+        subscription = subscriber.subscription
+        subscription.pending = list(after_reply)  # sent once the reply is out
+        subscription.ready = True
+        self._announce(subscriber, "join")
+        # The publications keep their bytes: spliced into the reply as JSON text.
+        return Raw(reply, in_reply)
 
     def deliver(self, subscription: _Subscription, publication: Publication) -> None:
+        # The hub gives each publication once, in order, past the joint.
         if subscription.pending is not None:
             subscription.pending.append(publication)
             return
-        position = subscription.position
-        if (position is not None and publication.offset <= position.offset
-                and publication.epoch == position.epoch):
-            return  # already in the subscribe reply
-        subscription.position = publication  # it has epoch and offset: no new object
         if self._batch is not None:
             self._batched(_push_bytes(publication))
             return
-        prepared = publication.encoded("centrifuge", self._prepare_push)
-        self.protocol.send_prepared(cast(PreparedMessage, prepared))
+        prepared = publication.encoded("centrifuge", _prepare_push)
+        self.link.send_prepared(cast(Prepared, prepared))
 
     def written(self, mark: object) -> None:
         return None  # the SDKs keep their own stream positions
-
-    def close_slow(self) -> None:
-        self.protocol.fail_with(SLOW, "slow")
-
-    def _prepare_push(self, publication: Publication) -> PreparedMessage:
-        return self.omega.prepare(_push_bytes(publication))
 
     def handle_unsubscribe(self, body: dict[str, Any]) -> dict[str, Any]:
         channel = body.get("channel")
@@ -504,12 +491,12 @@ class CentrifugeWire:
 
     def _forget(self, channel: str) -> None:
         subscriber = self.subscriptions.pop(channel, None)
-        self.protocol.info.channels.discard(channel)
+        self.link.info.channels.discard(channel)
         if subscriber is not None:
             self._leave(subscriber)
 
     def _leave(self, subscriber: _ChannelSubscriber) -> None:
-        self.omega.hub.unsubscribe(subscriber.subscription.channel, subscriber)
+        self.context.hub.unsubscribe(subscriber.subscription.channel, subscriber)
         if subscriber.subscription.ready:  # its join was announced
             self._announce(subscriber, "leave")
 
@@ -519,27 +506,32 @@ class CentrifugeWire:
                                        "unsubscribe": {"code": code, "reason": reason}}})])
 
     def _client_info(self) -> dict[str, Any]:
-        info = self.protocol.info
+        info = self.link.info
         return {"user": info.user, "client": info.client_id}
 
     def _announce(self, subscriber: _ChannelSubscriber, kind: str) -> None:
         """join/leave pushes to the channel's subscribers that asked for them."""
         channel = subscriber.subscription.channel
         push = compact({"push": {"channel": channel, kind: {"info": self._client_info()}}})
-        for other in self.omega.hub.subscribers(channel):
+        for other in self.context.hub.subscribers(channel):
             if (isinstance(other, _ChannelSubscriber) and other is not subscriber
                     and other.subscription.join_leave):
                 other.wire._send([push])
 
     # -- other commands ---------------------------------------------------------
 
+    def _api(self) -> ServerApi:
+        api = self.context.api
+        assert api is not None, "the wire context has no server API"
+        return api
+
     def handle_publish(self, body: dict[str, Any]) -> Deferred[dict[str, Any]]:
         channel = self._channel(body)
-        omega = self.omega
-        if not omega.config.channels.allow_client_publish:
+        context = self.context
+        if not context.config.channels.allow_client_publish:
             raise ReplyError(PERMISSION_DENIED, "permission denied")
-        if self._bucket is not None and not self._bucket.take(omega.clock.seconds()):
-            omega.metrics.rate_limited.labels("publish").inc()
+        if self._bucket is not None and not self._bucket.take(context.clock.seconds()):
+            context.metrics.rate_limited.labels("publish").inc()
             raise ReplyError(TOO_MANY_REQUESTS, "too many requests", temporary=True)
         if "data" not in body:
             raise ReplyError(BAD_REQUEST_ERROR, "bad request")
@@ -547,8 +539,7 @@ class CentrifugeWire:
             data = compact(body["data"])
         except ValueError:
             raise ReplyError(BAD_REQUEST_ERROR, "bad request") from None
-        omega.metrics.messages_published.labels("centrifuge").inc()
-        return omega.hub.publish(channel, data).addCallback(lambda _: {})
+        return self._api().publish(channel, data, "centrifuge").addCallback(lambda _: {})
 
     def handle_history(self, body: dict[str, Any]) -> Deferred[Any]:
         channel = self._channel(body)
@@ -559,114 +550,58 @@ class CentrifugeWire:
         since = None
         if isinstance(since_body, dict):
             since = StreamPosition(str(since_body.get("epoch", "")),
-                                   _offset(since_body.get("offset", 0)))
+                                   offset_of(since_body.get("offset", 0)))
         reverse = bool(body.get("reverse"))
         if reverse and since is not None and since.offset == 0:
             raise ReplyError(BAD_REQUEST_ERROR, "bad request")
         # As Centrifugo: limit 0 asks for the position only, -1 for everything kept.
         wanted = None if limit < 0 else limit
-        broker = self.omega.hub.broker
+        max_bytes = self.context.config.server.max_queue_size  # else ask for fewer (106)
 
-        def answer(result: tuple[list[Publication], StreamPosition]) -> _Raw:
+        def answer(result: tuple[list[Publication], StreamPosition]) -> Raw:
             publications, top = result
-            if since is not None and since.epoch and since.epoch != top.epoch:
-                raise ReplyError(UNRECOVERABLE_POSITION, "unrecoverable position")
-            if _size(publications) > self.omega.config.server.max_queue_size:
-                raise ReplyError(LIMIT_EXCEEDED, "limit exceeded")  # ask for fewer
-            return _Raw({"epoch": top.epoch, "offset": top.offset}, publications)
+            return Raw({"epoch": top.epoch, "offset": top.offset}, publications)
 
-        return broker.history(channel, since, wanted, reverse).addCallback(answer)
+        return self._api().history(channel, since, wanted, reverse, max_bytes).addCallback(
+            answer)
 
-    def _members(self, channel: str) -> list[ClientInfo]:
-        # Centrifuge clients only: a raw client's client_id is what resumes
-        # its session, so other clients must not learn it.
-        return [m for m in self.omega.hub.members(channel) if m.transport == "centrifuge"]
+    # Centrifuge clients only: a raw client's client_id is what resumes its
+    # session, so other clients must not learn it.
 
     def handle_presence(self, body: dict[str, Any]) -> dict[str, Any]:
-        members = self._members(self._channel(body))
-        return {"presence": {m.client_id: {"user": m.user, "client": m.client_id}
-                             for m in members}}
+        members = self._api().members(self._channel(body), "centrifuge")
+        return {"presence": presence_of(members)}
 
     def handle_presence_stats(self, body: dict[str, Any]) -> dict[str, Any]:
-        members = self._members(self._channel(body))
-        return {"num_clients": len(members), "num_users": len({m.user for m in members})}
+        return self._api().presence_stats(self._channel(body), "centrifuge")
 
     def handle_rpc(self, body: dict[str, Any]) -> Any:
         method = body.get("method", "")
-        handler = self.omega.rpc_handlers.get(method) if isinstance(method, str) else None
+        handler = self.context.rpc_handlers.get(method) if isinstance(method, str) else None
         if handler is None:
             raise ReplyError(NOT_AVAILABLE, "not available")
-        return maybeDeferred(handler, self.protocol.info, body.get("data")).addCallback(
+        return maybeDeferred(handler, self.link.info, body.get("data")).addCallback(
             lambda data: {"data": data} if data is not None else {})
 
     def handle_send(self, body: dict[str, Any]) -> None:
         return None  # asynchronous messages: nothing handles them here
 
-    # -- the registry's connection duties ---------------------------------------
+    # -- the connection's duties -------------------------------------------------
 
     def on_pong(self, payload: bytes) -> None:
         return None  # Centrifuge clients answer with {} frames, not WebSocket pongs
 
     def send_heartbeat(self) -> None:
         if self.connected:
-            self.protocol.send_prepared(self.omega.ping_frame)
+            self.link.send_prepared(PING)
         else:
-            self.protocol.info.ping_sent_at = None  # not connected yet: nothing to answer
+            self.link.info.ping_sent_at = None  # not connected yet: nothing to answer
 
-    def drop_unresponsive(self) -> None:
-        # A close frame with the code, so the SDK knows to reconnect; ends in ERROR.
-        self.protocol.fail_with(NO_PONG, "no pong")
-
-    def close_inactive(self) -> None:
-        # As for raw clients (SPEC §7); the SDKs reconnect on codes below 3000.
-        self.protocol.close(1000, "Inactive client")
-
-    def close_replaced(self) -> None:
-        self.close_with(FORCE_RECONNECT, "replaced")
-
-    def close_expired(self) -> None:
-        self.close_with(EXPIRED, "connection expired")
-
-    def close_for_shutdown(self) -> None:
-        self.close_with(SHUTDOWN, "shutdown")
-
-
-class _Raw:
-    """A reply body plus publications whose data is spliced in verbatim."""
-
-    __slots__ = ("body", "publications")
-
-    def __init__(self, body: dict[str, Any], publications: list[Publication]) -> None:
-        self.body = body
-        self.publications = publications
-
-
-def _size(publications: list[Publication]) -> int:
-    return sum(len(p.data) for p in publications)
-
-
-def _offset(value: Any) -> int:
-    """Offsets arrive as numbers, or as strings from 64-bit-safe encoders."""
-    if isinstance(value, bool) or (isinstance(value, float) and not value.is_integer()):
-        # true is not 1, nor 2.5 two: a position the client never had.
-        raise ReplyError(BAD_REQUEST_ERROR, "bad request")
-    try:
-        offset = int(value)
-    except (TypeError, ValueError, OverflowError):
-        raise ReplyError(BAD_REQUEST_ERROR, "bad request") from None
-    if offset < 0:
-        raise ReplyError(BAD_REQUEST_ERROR, "bad request")
-    return offset
-
-
-def encode_reply(command_id: int, method: str, body: Any) -> bytes:
-    """A reply; C{_Raw} bodies get their publications spliced in without re-encoding."""
-    if isinstance(body, _Raw):
-        head = compact(body.body)[:-1]
-        publications = b",".join(_publication_json(p) for p in body.publications)
-        separator = b"," if body.body else b""
-        inner = head + separator + b'"publications":[' + publications + b"]}"
-        prefix = b'{"id":' + str(command_id).encode() + b',"' + method.encode() + b'":'
-        return prefix + inner + b"}"
-    return compact({"id": command_id, method: body if body is not None else {}})
-
+    def close(self, reason: CloseReason) -> None:
+        how, code, text, push = CLOSES[reason]
+        if push:
+            self._push_disconnect(code, text)
+        if how == "close":
+            self.link.close(code, text)
+        else:
+            self.link.fail(code, text)

@@ -26,6 +26,8 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
+from ._compat import HAS_TCP_BUFFERS, HAS_TCP_SOCKET, tcp_buffered, tcp_drop_buffers, tls_pending
+
 __all__ = ["FlushScheduler", "Outbox", "close_without_reset", "unsent_bytes"]
 
 _log = Logger()
@@ -73,7 +75,8 @@ class Outbox:
                  on_written: Callable[[Any], None] | None = None) -> None:
         self._transport = transport
         # A plain TCP connection can be written to directly (see _write).
-        self._tcp = transport if isinstance(transport, tcp.Connection) else None
+        direct = isinstance(transport, tcp.Connection) and HAS_TCP_BUFFERS and HAS_TCP_SOCKET
+        self._tcp = cast(tcp.Connection, transport) if direct else None
         self._scheduler = scheduler
         self._limit = limit
         self._on_overflow = on_overflow
@@ -146,10 +149,9 @@ class Outbox:
         self.sent += len(data)
         tcp_transport = self._tcp
         if (tcp_transport is not None and tcp_transport.connected
-                and not tcp_transport.disconnecting and not tcp_transport.dataBuffer
-                and not tcp_transport._tempDataLen):
+                and not tcp_transport.disconnecting and not tcp_buffered(tcp_transport)):
             try:
-                sent = tcp_transport.socket.send(data)
+                sent = tcp_transport.getHandle().send(data)
             except OSError:
                 sent = 0  # EAGAIN, or an error the transport will see for itself
             if sent == len(data):
@@ -191,27 +193,26 @@ def _tcp_of(transport: object) -> tcp.Connection | None:
     return inner if isinstance(inner, tcp.Connection) else None
 
 
-def _buffered(connection: tcp.Connection) -> int:
-    return len(connection.dataBuffer) - connection.offset + connection._tempDataLen
-
-
 def unsent_bytes(transport: object) -> int | None:
     """
     Bytes written to C{transport} that the peer's TCP has not acknowledged:
     what Twisted (and TLS) still buffer plus the kernel's send queue
     (C{SIOCOUTQ}).  Under TLS the kernel counts encrypted bytes, which are
     more than the plain ones: an over-estimate, never an under-estimate.
-    None when the socket is gone or is not TCP.
+    None when the socket is gone, is not TCP, or Twisted's buffers are not
+    known (see C{_compat}).
     """
     connection = _tcp_of(transport)
-    if connection is None or not connection.connected:
+    if connection is None or not connection.connected or not HAS_TCP_SOCKET:
+        return None
+    buffered = tcp_buffered(connection)
+    if buffered is None:
         return None
     try:
-        raw = fcntl.ioctl(connection.socket.fileno(), termios.TIOCOUTQ, b"\0\0\0\0")
+        raw = fcntl.ioctl(connection.getHandle().fileno(), termios.TIOCOUTQ, b"\0\0\0\0")
     except (OSError, AttributeError):
         return None
-    pending = sum(len(chunk) for chunk in getattr(transport, "_appSendBuffer", ()))
-    return pending + _buffered(connection) + int(struct.unpack("i", raw)[0])
+    return tls_pending(transport) + buffered + int(struct.unpack("i", raw)[0])
 
 
 def close_without_reset(transport: object) -> bool:
@@ -226,23 +227,21 @@ def close_without_reset(transport: object) -> bool:
     C{transport} is not TCP: abort it instead.
     """
     connection = _tcp_of(transport)
-    if (connection is None or not connection.connected or connection.disconnected
-            or getattr(connection, "_aborting", False)):
+    if (connection is None or not HAS_TCP_SOCKET or not connection.connected
+            or connection.disconnected or connection._aborting):
+        return False
+    if not tcp_drop_buffers(connection):
         return False
     connection._aborting = True  # Twisted's own guard against a second close
     connection.stopReading()
     connection.stopWriting()
     if connection.producer is not None:
         connection.unregisterProducer()
-    connection.dataBuffer = b""
-    connection.offset = 0
-    connection._tempDataBuffer = []
-    connection._tempDataLen = 0
 
     def close() -> None:
         try:
             for _ in range(64):  # bounded: at most 4 MiB of input read and dropped
-                if not connection.socket.recv(65536, socket.MSG_DONTWAIT):
+                if not connection.getHandle().recv(65536, socket.MSG_DONTWAIT):
                     break
         except (OSError, AttributeError):
             pass  # nothing more to read (EAGAIN), or the socket is gone

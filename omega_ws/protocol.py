@@ -3,11 +3,14 @@ The WebSocket layer and the factory that owns the client registry.
 
 L{OmegaProtocol} is one connection: it enforces the handshake limits
 (request-head size, origins, per-address limits), keeps the connection's
-L{ClientInfo} and its registry entry, and hands frames to the L{Wire}
-chosen by the request path: C{/connection/websocket} speaks the Centrifuge
-client protocol (C{centrifuge.py}), any other path the raw protocol
-(C{raw.py}).  Every safety-related Autobahn option is set in
-L{apply_limits}.  The wire protocols are documented in C{docs/}.
+L{ClientInfo} and its registry entry, writes through its L{Outbox}, and
+hands frames to the L{Wire} chosen by the request path:
+C{/connection/websocket} speaks the Centrifuge client protocol
+(C{centrifuge.py}), any other path the raw protocol (C{raw.py}).  To its
+wire it is a L{Link}; to the registry and the timers a L{Connection}.
+Every safety-related Autobahn option is set in C{safety.py}; every reach
+into Autobahn's or Twisted's internals is in C{_compat.py}.  The wire
+protocols are documented in C{docs/}.
 """
 
 from __future__ import annotations
@@ -15,16 +18,9 @@ from __future__ import annotations
 import os
 import re
 import types
-from collections.abc import Callable
-from typing import Any, Protocol, cast
+from typing import Any, cast
 
-import autobahn.websocket.protocol
 from autobahn.twisted.websocket import WebSocketServerFactory, WebSocketServerProtocol
-from autobahn.websocket.compress import (
-    PerMessageDeflateOffer,
-    PerMessageDeflateOfferAccept,
-)
-from autobahn.websocket.protocol import PreparedMessage
 from autobahn.websocket.types import ConnectionDeny, ConnectionRequest
 from twisted.internet.defer import Deferred, succeed
 from twisted.internet.interfaces import (
@@ -40,41 +36,37 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
+from . import _compat
 from .addresses import address_key
 from .auth import TokenVerifier
 from .centrifuge import CENTRIFUGE_PATH, CentrifugeWire
 from .closing import close_reason
 from .config import Config
-from .history import Publication
 from .hub import Hub
 from .limits import PublishLimit, SharedBuckets, TokenBucket
 from .metrics import Metrics
 from .outbox import FlushScheduler, Outbox, close_without_reset, unsent_bytes
 from .raw import RawWire
 from .registry import ClientInfo, ConnectionState, Registry
+from .safety import Http11OverAlpn, apply_limits
+from .server_api import ServerApi
+from .wire import CloseReason, Prepared, RpcHandler, Wire, WireContext
 
-__all__ = ["OmegaProtocol", "OmegaServerFactory", "Wire"]
+__all__ = ["OmegaProtocol", "OmegaServerFactory"]
 
 _log = Logger()
 
-CLOSE_HANDSHAKE_TIMEOUT = 2.0
 # Bytes parsed after our close frame while looking for the peer's reply.
 _INPUT_AFTER_CLOSE = 16384
 _HTTP_REASONS = {400: "bad_request", 401: "unauthorized", 403: "forbidden", 404: "path",
                  409: "client_id_conflict", 426: "not_websocket", 429: "reconnecting_too_often",
                  431: "header_too_large", 500: "internal", 503: "capacity"}
-def _no_pformat(value: object, *args: object, **kwargs: object) -> str:
-    return "(options are class attributes)"
-
-
 _HANDSHAKE_LEFTOVERS = ("http_request_data", "http_response_data", "http_headers",
                        "http_status_line", "http_request_uri", "http_request_params",
                        "websocket_extensions", "websocket_protocols")
 _KNOWN_CLOSE_CODES = frozenset(
     [1000, 1001, 1002, 1003, 1006, 1007, 1008, 1009, 1011, 4000, 4001, 4008,
      3001, 3005, 3008, 3011, 3012, 3500, 3501, 3502, 3503])
-# rpc handler: (client info, data) -> result data, or a Deferred of it.
-RpcHandler = Callable[[ClientInfo, Any], Any]
 
 
 def _origin_pattern(patterns: tuple[str, ...]) -> re.Pattern[str]:
@@ -83,55 +75,12 @@ def _origin_pattern(patterns: tuple[str, ...]) -> re.Pattern[str]:
     )
 
 
-class Wire(Protocol):
-    """
-    One wire format spoken over an open WebSocket (raw, Centrifuge): it
-    turns frames into hub calls and publications into frames.
-    """
-
-    def on_connect(self, request: ConnectionRequest) -> Deferred[None] | str | None:
-        """
-        Check the handshake; raise ConnectionDeny to refuse it.  Returns the
-        subprotocol to select, or a Deferred that fires when the checks are done.
-        """
-
-    def on_open(self) -> None: ...
-
-    def on_message(self, payload: bytes, is_binary: bool) -> None: ...
-
-    def on_pong(self, payload: bytes) -> None: ...
-
-    def on_close(self, was_clean: bool, close_code: int) -> None: ...
-
-    def written(self, mark: Any) -> None:
-        """The last frame queued with C{mark} went to the transport."""
-
-    def close_slow(self) -> None:
-        """Close a slow consumer with the wire format's code."""
-
-    def drop_unresponsive(self) -> None:
-        """A heartbeat went unanswered: drop it, or close with the wire's code."""
-
-    def send_heartbeat(self) -> None: ...
-
-    def close_inactive(self) -> None: ...
-
-    def close_replaced(self) -> None: ...
-
-    def close_expired(self) -> None: ...
-
-    def close_for_shutdown(self) -> None: ...
-
-    def close_with(self, code: int, reason: str) -> None: ...
-
-
 @implementer(IHalfCloseableProtocol)
 class OmegaProtocol(WebSocketServerProtocol):
     """
     One WebSocket connection, whatever its wire format: handshake limits,
-    origins, per-address limits and the registry entry are kept here; the
-    L{Wire} chosen by the path (C{/connection/websocket} is Centrifuge,
-    anything else raw) does the rest.  It is the registry's L{Connection}.
+    origins, per-address limits, output and the registry entry are kept
+    here; the L{Wire} chosen by the path does the rest.
     """
 
     info: ClientInfo
@@ -161,8 +110,9 @@ class OmegaProtocol(WebSocketServerProtocol):
             return
         # Autobahn buffers the request head without bound; cap it.
         limit = self.omega.config.server.max_handshake_size
-        end = self.data.find(b"\r\n\r\n")
-        if len(self.data) > limit if end < 0 else end + 4 > limit:
+        head = _compat.request_head(self) or b""
+        end = head.find(b"\r\n\r\n")
+        if len(head) > limit if end < 0 else end + 4 > limit:
             self.failHandshake("Request Header Fields Too Large", 431)
             return
         super().processHandshake()
@@ -220,21 +170,19 @@ class OmegaProtocol(WebSocketServerProtocol):
             # The handshake is done: what it kept is dead weight on idle connections.
             for name in _HANDSHAKE_LEFTOVERS:
                 self.__dict__.pop(name, None)
-            # Autobahn's queue for chopped or "sync" writes, which omega-ws never
-            # asks for: an empty tuple instead of a deque on every connection
-            # (one of those writes would now fail loudly, not mix up bytes).
-            self.send_queue = ()  # type: ignore[assignment]
+            _compat.drop_send_queue(self)
             self.wire.on_open()
         except Exception:
             _log.failure("onOpen failed for {peer}", peer=self.peer)
-            self._fail_connection(1011, "Internal error")
+            _compat.fail_connection(self, 1011, "Internal error")
 
     def onMessage(self, payload: bytes, isBinary: bool) -> None:
         info = self.info
         info.last_message = self.omega.clock.seconds()
         info.message_count += 1
-        if self._perMessageCompress is not None:
-            _release_deflate(self._perMessageCompress, outgoing=False)
+        deflate = _compat.compression(self)
+        if deflate is not None:
+            _compat.release_deflate(deflate, outgoing=False)
         try:
             assert self.wire is not None
             self.wire.on_message(payload, isBinary)
@@ -242,7 +190,7 @@ class OmegaProtocol(WebSocketServerProtocol):
             # A bug must cost this connection only, with a proper close code.
             _log.failure("handling a message from {client_id} failed",
                          client_id=info.client_id)
-            self._fail_connection(1011, "Internal error")
+            _compat.fail_connection(self, 1011, "Internal error")
 
     def dataReceived(self, data: bytes) -> None:
         if self.state == self.STATE_CLOSING and self.closedByMe:
@@ -285,6 +233,12 @@ class OmegaProtocol(WebSocketServerProtocol):
             assert self.wire is not None
             self.wire.on_pong(payload)
 
+    # -- the wire's Link ----------------------------------------------------------
+
+    @property
+    def peer_host(self) -> str | None:
+        return getattr(self.transport and self.transport.getPeer(), "host", None)
+
     def send_ping(self) -> None:
         """A heartbeat ping whose payload the pong must echo."""
         payload = self.ping_payload
@@ -292,28 +246,66 @@ class OmegaProtocol(WebSocketServerProtocol):
             payload = self.ping_payload = os.urandom(8)
         self.sendPing(payload)
 
-    # -- output: one write per connection per reactor turn --------------------
-
-    def send_prepared(self, prepared: PreparedMessage, mark: Any = None) -> None:
+    def send_prepared(self, prepared: Prepared, mark: Any = None) -> None:
         """Queue a frame made once for many connections (see L{Outbox})."""
         if self.state != self.STATE_OPEN:
             return
         outbox = self.outbox
         if outbox is None:
             return
-        if self._perMessageCompress is None:
-            outbox.put(prepared.payloadHybi, mark)
+        deflate = _compat.compression(self)
+        if deflate is None:
+            outbox.put(prepared.frame, mark)
         elif outbox.admit(len(prepared.payload)):
             # Compression negotiated: Autobahn compresses per connection, and
             # the outbox only keeps count while the transport is full.
-            self.sendPreparedMessage(prepared)
-            _release_deflate(self._perMessageCompress, outgoing=True)
+            self.sendMessage(prepared.payload, isBinary=False)
+            _compat.release_deflate(deflate, outgoing=True)
             if mark is not None and self.wire is not None:
                 self.wire.written(mark)
 
     def send_text(self, payload: bytes) -> None:
         """Queue one text message for this connection only."""
-        self.send_prepared(self.omega.prepare(payload))
+        self.send_prepared(Prepared(payload))
+
+    @property
+    def bytes_sent(self) -> int:
+        return self.outbox.sent if self.outbox is not None else 0
+
+    def unacked_bytes(self) -> int | None:
+        """
+        Bytes written that the peer's TCP has not acknowledged: what the
+        outbox and the transport still hold plus the kernel's send queue;
+        None when the kernel cannot be asked (the socket is gone).
+        """
+        queued = self.outbox.size if self.outbox is not None else 0
+        unsent = unsent_bytes(self.transport)
+        return None if unsent is None else queued + unsent
+
+    def close(self, code: int, reason: str) -> None:
+        """Close cleanly with C{code} (1000, 1001 or 3000-4999)."""
+        if self.state == self.STATE_OPEN:
+            # sendClose() refuses 1001; the close frame itself does not.
+            self.sendCloseFrame(code, close_reason(reason), isReply=False)
+        elif self.state == self.STATE_CONNECTING:
+            self.abort()
+
+    def fail(self, code: int, reason: str) -> None:
+        """Close for the peer's failure (slow, silent): its entry ends in ERROR."""
+        _compat.fail_connection(self, code, reason)
+
+    def reject(self, code: int, reason: str, metric_reason: str) -> None:
+        """Close for bad input: counted, and the entry ends in ERROR."""
+        self.info.error_count += 1
+        self._error_counted = True
+        self.omega.metrics.invalid_messages.labels(metric_reason).inc()
+        _compat.fail_connection(self, code, reason)
+
+    def abort(self) -> None:
+        self.wasClean = False
+        self.dropConnection(abort=True)
+
+    # -- writing and closing ------------------------------------------------------
 
     def sendData(self, data: bytes, sync: bool = False, chopsize: int | None = None) -> None:
         # Frames written around the outbox (close frames, compressed messages)
@@ -330,16 +322,6 @@ class OmegaProtocol(WebSocketServerProtocol):
             self.outbox.flush(force=True)
             self.outbox.close()
         super().sendCloseFrame(code, reasonUtf8, isReply)
-
-    def unacked_bytes(self) -> int | None:
-        """
-        Bytes written that the peer's TCP has not acknowledged: what the
-        outbox and the transport still hold plus the kernel's send queue;
-        None when the kernel cannot be asked (the socket is gone).
-        """
-        queued = self.outbox.size if self.outbox is not None else 0
-        unsent = unsent_bytes(self.transport)
-        return None if unsent is None else queued + unsent
 
     def onCloseFrame(self, code: int, reasonRaw: bytes) -> bool | None:
         if self.unacked_at_close is None:
@@ -360,8 +342,13 @@ class OmegaProtocol(WebSocketServerProtocol):
             abort = False
         super().dropConnection(abort)
 
-    # -- IHalfCloseableProtocol: the peer's FIN, while the socket is still ours --
+    def _closeConnection(self, abort: bool = False) -> None:
+        # A peer that stopped reading (slow, silent) keeps what its kernel
+        # already took: a reset would make it discard that too.
+        if not (abort and close_without_reset(self.transport)):
+            super()._closeConnection(abort)
 
+    # IHalfCloseableProtocol: the peer's FIN, while the socket is still ours.
     def readConnectionLost(self) -> None:
         # The last moment the kernel can say what never reached the peer.
         if self.unacked_at_close is None:
@@ -372,12 +359,6 @@ class OmegaProtocol(WebSocketServerProtocol):
     def writeConnectionLost(self) -> None:
         pass  # omega-ws never half-closes its side
 
-    def _closeConnection(self, abort: bool = False) -> None:
-        # A peer that stopped reading (slow, silent) keeps what its kernel
-        # already took: a reset would make it discard that too.
-        if not (abort and close_without_reset(self.transport)):
-            super()._closeConnection(abort)
-
     def _slow_consumer(self) -> None:
         omega = self.omega
         omega.metrics.slow_consumer_drops.inc()
@@ -386,65 +367,42 @@ class OmegaProtocol(WebSocketServerProtocol):
                   limit=omega.config.server.max_queue_size)
         self.wasNotCleanReason = "slow consumer"
         if self.wire is not None:
-            self.wire.close_slow()
+            self.wire.close(CloseReason.SLOW)
 
-    def fail_with(self, code: int, reason: str) -> None:
-        """Close for the peer's failure (slow, silent): its entry ends in ERROR."""
-        self._fail_connection(code, reason)
-
-    def reject(self, code: int, reason: str, metric_reason: str) -> None:
-        """Close for bad input: counted, and the entry ends in ERROR."""
-        self.info.error_count += 1
-        self._error_counted = True
-        self.omega.metrics.invalid_messages.labels(metric_reason).inc()
-        self._fail_connection(code, reason)
-
-    def close(self, code: int, reason: str) -> None:
-        """Close cleanly with C{code} (1000, 1001 or 3000-4999)."""
-        if self.state == self.STATE_OPEN:
-            # sendClose() refuses 1001; the close frame itself does not.
-            self.sendCloseFrame(code, close_reason(reason), isReply=False)
-        elif self.state == self.STATE_CONNECTING:
-            self.abort()
-
-    # -- the registry's Connection interface ----------------------------------
+    # -- the registry's Connection ----------------------------------------------
 
     def send_heartbeat(self) -> None:
         if self.state == self.STATE_OPEN and self.wire is not None:
             self.wire.send_heartbeat()
 
-    def close_inactive(self) -> None:
-        if self.wire is not None:
-            self.wire.close_inactive()
-
-    def close_replaced(self) -> None:
-        if self.wire is not None:
-            self.wire.close_replaced()
-
-    def close_expired(self) -> None:
-        if self.wire is not None:
-            self.wire.close_expired()
-
-    def close_with(self, code: int, reason: str) -> None:
-        if self.wire is not None:
-            self.wire.close_with(code, reason)
-
-    def close_for_shutdown(self) -> None:
+    def _close_for(self, reason: CloseReason) -> None:
         if self.wire is not None and self.state == self.STATE_OPEN:
-            self.wire.close_for_shutdown()
+            self.wire.close(reason)
         elif self.state == self.STATE_CONNECTING:
             self.abort()
+
+    def close_inactive(self) -> None:
+        self._close_for(CloseReason.INACTIVE)
+
+    def close_replaced(self) -> None:
+        self._close_for(CloseReason.REPLACED)
+
+    def close_expired(self) -> None:
+        self._close_for(CloseReason.EXPIRED)
+
+    def close_for_shutdown(self) -> None:
+        self._close_for(CloseReason.SHUTDOWN)
 
     def drop_unresponsive(self) -> None:
         self.wasNotCleanReason = "no pong within heartbeat.ping_timeout"
         if self.wire is not None and self.state == self.STATE_OPEN:
-            self.wire.drop_unresponsive()
+            self.wire.close(CloseReason.UNRESPONSIVE)
         else:
             self.abort()
 
-    def abort(self) -> None:
-        self.wasClean = False
-        self.dropConnection(abort=True)
+    def close_with(self, code: int, reason: str) -> None:
+        if self.wire is not None:
+            self.wire.close_with(code, reason)
 
     def onClose(self, wasClean: bool, code: int | None, reason: str | None) -> None:
         info = getattr(self, "info", None)
@@ -467,6 +425,8 @@ class OmegaProtocol(WebSocketServerProtocol):
             why = self.wasNotCleanReason if not wasClean else f"closed with {close_code}"
             omega.registry.transition(self, new_state, why or "closed")
 
+    # -- transport --------------------------------------------------------------
+
     def connectionLost(self, reason: Failure = None) -> None:  # type: ignore[assignment]
         try:
             super().connectionLost(reason)
@@ -482,16 +442,8 @@ class OmegaProtocol(WebSocketServerProtocol):
             omega.connection_gone(self)
 
     def _connectionMade(self) -> None:
-        # Autobahn pretty-prints its options for a debug log on every new
-        # connection, debug on or not: about 90 µs, a third of a handshake.
-        # The options are class attributes here (see OmegaServerFactory), so
-        # there is nothing to show; skip the formatting for this call only.
-        module = autobahn.websocket.protocol
-        original, module.pformat = module.pformat, _no_pformat  # type: ignore[assignment]
-        try:
+        with _compat.without_pformat():  # see there: a third of a handshake
             super()._connectionMade()
-        finally:
-            module.pformat = original
 
     def connectionMade(self) -> None:
         super().connectionMade()
@@ -500,7 +452,7 @@ class OmegaProtocol(WebSocketServerProtocol):
         # Counted from the first byte: bare sockets from one address count too.
         server = omega.config.server
         limit = server.max_connections_per_ip
-        host: str | None = getattr(self.transport and self.transport.getPeer(), "host", None)
+        host = self.peer_host
         ip = address_key(host, server.ipv6_prefix) if limit and host is not None else None
         if ip is not None:
             count = omega.per_ip.get(ip, 0)
@@ -511,44 +463,32 @@ class OmegaProtocol(WebSocketServerProtocol):
                 self._ip = ip
 
 
-class _Http11OverAlpn:
-    """
-    Twisted's TLS layer aborts a handshake that offers ALPN (every browser,
-    curl and Node do) unless the factory names its protocols: WebSocket
-    runs over HTTP/1.1.
-    """
-
-    def acceptableProtocols(self) -> list[bytes]:
-        return [b"http/1.1"]
-
-
 @implementer(IProtocolNegotiationFactory)
-class OmegaServerFactory(_Http11OverAlpn, WebSocketServerFactory):
+class OmegaServerFactory(Http11OverAlpn, WebSocketServerFactory):
     """
-    Builds L{OmegaProtocol}s and keeps the client L{Registry}; holds what
-    every connection needs (config, hub, tokens, metrics, clock).  One
-    factory serves every WebSocket listener (ws, wss, extra endpoints).
+    Builds L{OmegaProtocol}s and keeps the client L{Registry} and the
+    L{WireContext} every connection's wire shares.  One factory serves every
+    WebSocket listener (ws, wss, extra endpoints).
     """
 
     protocol = OmegaProtocol
 
     def __init__(
         self, config: Config, hub: Hub, metrics: Metrics, registry: Registry,
-        clock: IReactorTime, tokens: TokenVerifier,
+        clock: IReactorTime, tokens: TokenVerifier, api: ServerApi | None = None,
     ) -> None:
         super().__init__(server="omega-ws")
         self.config = config
-        self.hub = hub
         self.metrics = metrics
         self.registry = registry
         self.clock = clock
-        self.tokens = tokens
-        # Python handlers for the Centrifuge protocol's rpc command, by method.
-        self.rpc_handlers: dict[str, RpcHandler] = {}
+        if api is None:
+            api = ServerApi(hub, registry, config, metrics, clock, clock.seconds)
+        self.context = WireContext(hub, clock, config, tokens, metrics, registry,
+                                   self.publish_limit, api)
         # Every connection with a transport, handshake done or not.
         self.connections: set[OmegaProtocol] = set()
         self.flusher = FlushScheduler(clock)
-        self.ping_frame = self.prepare(b"{}")  # the Centrifuge server ping, framed once
         self.per_ip: dict[str, int] = {}
         self.shared_publish_buckets = _shared_publish_buckets(config)
         self._origins = _origin_pattern(config.server.allowed_origins)
@@ -558,20 +498,29 @@ class OmegaServerFactory(_Http11OverAlpn, WebSocketServerFactory):
         # Autobahn copies every option from the factory onto each connection
         # unless its class has it already: as class attributes of a subclass
         # made for this factory, they cost nothing per connection.
-        options = {name: getattr(self, name) for name in OmegaProtocol.CONFIG_ATTRS}
+        options = {name: getattr(self, name) for name in _compat.config_attrs()}
         # Functions (the compression hook) must not turn into methods there.
         options = {name: staticmethod(value) if isinstance(value, types.FunctionType) else value
                    for name, value in options.items()}
         self.protocol = cast(type[OmegaProtocol],
                              type("OmegaProtocol", (OmegaProtocol,), options))
 
+    @property
+    def hub(self) -> Hub:
+        return self.context.hub
+
+    @property
+    def rpc_handlers(self) -> dict[str, RpcHandler]:
+        """Python handlers for the Centrifuge protocol's rpc command, by method."""
+        return self.context.rpc_handlers
+
     def make_wire(self, protocol: OmegaProtocol, path: str) -> Wire:
         """The wire format for a request path."""
         if path == CENTRIFUGE_PATH:
-            return CentrifugeWire(protocol)
-        return RawWire(protocol)
+            return CentrifugeWire(self.context, protocol)
+        return RawWire(self.context, protocol)
 
-    def publish_limit(self, protocol: OmegaProtocol, user: str) -> PublishLimit | None:
+    def publish_limit(self, host: str | None, user: str) -> PublishLimit | None:
         """
         What a new connection's publications draw from: its own bucket
         (C{server.publish_rate}) and the ones its address and its token user
@@ -584,7 +533,6 @@ class OmegaServerFactory(_Http11OverAlpn, WebSocketServerFactory):
             buckets.append(TokenBucket(server.publish_rate, server.publish_burst, now))
         shared = self.shared_publish_buckets
         if shared is not None:
-            host = getattr(protocol.transport and protocol.transport.getPeer(), "host", None)
             if host is not None:
                 buckets.append(shared.get(address_key(host, server.ipv6_prefix), now))
             if user:
@@ -593,14 +541,6 @@ class OmegaServerFactory(_Http11OverAlpn, WebSocketServerFactory):
 
     def origin_allowed(self, origin: str) -> bool:
         return self._origins.fullmatch(origin) is not None
-
-    def prepare(self, payload: bytes) -> PreparedMessage:
-        """A text frame, framed once, to send on many connections."""
-        return self.prepareMessage(payload, isBinary=False)
-
-    def prepare_raw(self, publication: Publication) -> PreparedMessage:
-        """The raw wire format: the JSON text as it was published, framed once."""
-        return self.prepareMessage(publication.data, isBinary=False)
 
     def connection_gone(self, protocol: OmegaProtocol) -> None:
         self.connections.discard(protocol)
@@ -633,99 +573,9 @@ class OmegaServerFactory(_Http11OverAlpn, WebSocketServerFactory):
         return drained
 
 
-def _release_deflate(deflate: Any, outgoing: bool) -> None:
-    """
-    Without context takeover a zlib object is useless after its message, but
-    Autobahn keeps it until the next one (about 136 KiB to compress at
-    window 11): drop it now.
-    """
-    if outgoing and deflate.server_no_context_takeover:
-        deflate._compressor = None
-    elif not outgoing and deflate.client_no_context_takeover:
-        deflate._decompressor = None
-
-
 def _shared_publish_buckets(config: Config) -> SharedBuckets | None:
     server = config.server
     rate = server.address_publish_rate
     if rate is None:  # derived: ten connections' worth
         rate = 10 * server.publish_rate
     return SharedBuckets(rate, 10 * server.publish_burst) if rate else None
-
-
-def apply_limits(factory: WebSocketServerFactory, config: Config) -> None:
-    """Every safety-related Autobahn option, set deliberately: its defaults are open."""
-    server = config.server
-    accept = None
-    if server.compression:
-        window_bits = server.compression_window_bits
-        no_takeover = server.compression_no_context_takeover
-
-        def accept(offers: list[Any]) -> PerMessageDeflateOfferAccept | None:
-            for offer in offers:
-                if not isinstance(offer, PerMessageDeflateOffer):
-                    continue
-                # Our window: ours, or lower if the client asked for less.
-                asked = offer.request_max_window_bits
-                ours = min(window_bits, asked) if asked else window_bits
-                try:
-                    return PerMessageDeflateOfferAccept(
-                        offer,
-                        # Cap the client's window too: it bounds our inflate memory.
-                        request_max_window_bits=window_bits if offer.accept_max_window_bits
-                        else 0,
-                        window_bits=ours,
-                        # Without context takeover no compressor outlives its
-                        # message: about 100 KiB less per connection, for a
-                        # worse ratio on small similar messages.
-                        no_context_takeover=no_takeover or None,
-                        request_no_context_takeover=(no_takeover
-                                                     and offer.accept_no_context_takeover),
-                        # Bounds the decompressed size too, against deflate bombs.
-                        max_message_size=server.max_message_size,
-                    )
-                except Exception:
-                    # An offer we cannot honour: go on without compression.
-                    _log.info("declined permessage-deflate offer {offer}", offer=offer)
-            return None
-
-    factory.setProtocolOptions(
-        webStatus=False,  # no status page, and no ?redirect= open redirect
-        maxFramePayloadSize=server.max_message_size,
-        maxMessagePayloadSize=server.max_message_size,
-        openHandshakeTimeout=server.handshake_timeout,
-        closeHandshakeTimeout=CLOSE_HANDSHAKE_TIMEOUT,
-        failByDrop=False,  # send the close code before dropping
-        utf8validateIncoming=True,
-        requireMaskedClientFrames=True,
-        # Origins are checked in onConnect, to answer 403 (Autobahn says 400),
-        # "null" (file:// pages, sandboxed frames) included.
-        allowedOrigins=["*"],
-        allowNullOrigin=True,
-        maxConnections=server.max_connections,
-        perMessageCompressionAccept=accept,
-        autoPingInterval=0,  # one heartbeat sweep for all, not a timer each
-        serveFlashSocketPolicy=False,
-        trustXForwardedFor=0,
-        tcpNoDelay=True,
-    )
-
-
-class EchoProtocol(WebSocketServerProtocol):
-    """Sends every message back as it came: the conformance-test endpoint."""
-
-    def onMessage(self, payload: bytes, isBinary: bool) -> None:
-        self.sendMessage(payload, isBinary)
-
-
-@implementer(IProtocolNegotiationFactory)
-class EchoFactory(_Http11OverAlpn, WebSocketServerFactory):
-    """For C{server.testee_port}: the Autobahn testsuite's fuzzing client
-    checks the WebSocket layer here, with the same limits as the real one."""
-
-    protocol = EchoProtocol
-
-    def __init__(self, config: Config) -> None:
-        super().__init__(server="omega-ws")
-        self.noisy = False
-        apply_limits(self, config)

@@ -24,32 +24,37 @@ from __future__ import annotations
 import re
 import uuid
 from collections import deque
-from typing import TYPE_CHECKING, cast
 
-from autobahn.websocket.protocol import PreparedMessage
 from autobahn.websocket.types import ConnectionDeny, ConnectionRequest
 from twisted.internet.defer import Deferred
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from .auth import ANONYMOUS, Identity, InvalidToken
+from .broker.history import Publication, StreamPosition
+from .broker.sessions import Session, admit
 from .config import valid_channel
-from .history import Publication, Recovery, StreamPosition
+from .hub import Joined
 from .jsonutil import parse_json_object
 from .limits import PublishLimit
 from .registry import ClientInfo, ConnectionState
-from .sessions import Session, admit
-
-if TYPE_CHECKING:
-    from .protocol import OmegaProtocol
+from .wire import CloseReason, Link, Prepared, WireContext
 
 __all__ = ["RawWire"]
 
 _log = Logger()
 
-NORMAL, GOING_AWAY, UNSUPPORTED_DATA, INVALID_PAYLOAD, POLICY_VIOLATION = (
-    1000, 1001, 1003, 1007, 1008)
-REPLACED, TOKEN_EXPIRED, SLOW_CONSUMER = 4000, 4001, 4008
+UNSUPPORTED_DATA, INVALID_PAYLOAD, POLICY_VIOLATION = 1003, 1007, 1008
+# How the raw wire ends a connection, for each reason: how, code, text.
+CLOSES: dict[CloseReason, tuple[str, int, str]] = {
+    CloseReason.INACTIVE: ("close", 1000, "Inactive client"),
+    CloseReason.REPLACED: ("close", 4000, "replaced"),
+    CloseReason.EXPIRED: ("close", 4001, "token expired"),
+    CloseReason.SHUTDOWN: ("close", 1001, "going away"),
+    CloseReason.SLOW: ("fail", 4008, "slow consumer"),
+    # It does not answer: a close frame would wait for nothing.
+    CloseReason.UNRESPONSIVE: ("abort", 1006, ""),
+}
 _CLIENT_ID_RE = re.compile(r"[A-Za-z0-9_.:@-]{1,128}\Z")
 # A session's writes not yet known to have reached its client: checked with
 # the kernel every this many writes (and at each heartbeat), kept to at most
@@ -66,6 +71,11 @@ def _is_utf8(payload: bytes) -> bool:
     return True
 
 
+def _frame(publication: Publication) -> Prepared:
+    """The raw wire format: the JSON text as it was published, framed once."""
+    return Prepared(publication.data)
+
+
 def request_token(request: ConnectionRequest) -> str | None:
     """C{?token=}, else C{Authorization: Bearer <token>}, else None."""
     token = request.params.get("token", [None])[0]
@@ -80,23 +90,20 @@ def request_token(request: ConnectionRequest) -> str | None:
 class RawWire:
     """The raw protocol on one connection; subscribes itself to the hub."""
 
-    __slots__ = ("protocol", "omega", "channel", "client_id", "identity", "session",
-                 "position", "_queued", "_replaying", "_bucket", "_marks")
+    __slots__ = ("context", "link", "channel", "client_id", "identity", "session",
+                 "position", "_bucket", "_marks")
 
-    def __init__(self, protocol: OmegaProtocol) -> None:
-        self.protocol = protocol
-        self.omega = protocol.omega
+    def __init__(self, context: WireContext, link: Link) -> None:
+        self.context = context
+        self.link = link
         self.channel = ""
         self.client_id = ""
         self.identity: Identity = ANONYMOUS
         self.session: Session | None = None  # only with an explicit client_id
         # The last publication the client is known to have received (what a
-        # session resumes from), and the last one queued for it (what is
-        # skipped as a duplicate).  Without a session: the last one written.
+        # session resumes from); without a session, the last one written.
+        # (A Publication once one was written: no new object per delivery.)
         self.position: StreamPosition | Publication | None = None
-        # (a Publication once one was queued: no new object per delivery)
-        self._queued: StreamPosition | Publication | None = None
-        self._replaying: list[Publication] | None = None  # live ones held back meanwhile
         self._bucket: PublishLimit | None = None
         # With a session, the writes since the position: (bytes sent once the
         # write was done, epoch, offset of its last publication).
@@ -104,14 +111,13 @@ class RawWire:
 
     @property
     def info(self) -> ClientInfo:
-        return self.protocol.info
+        return self.link.info
 
     # -- handshake ----------------------------------------------------------
 
     def on_connect(self, request: ConnectionRequest) -> Deferred[None] | None:
-        omega = self.omega
         path = request.path
-        channel = omega.config.channels.default if path == "/" else path[1:]
+        channel = self.context.config.channels.default if path == "/" else path[1:]
         if not valid_channel(channel):
             raise ConnectionDeny(404, "Not Found")
         self.channel = channel
@@ -123,17 +129,17 @@ class RawWire:
         if not _CLIENT_ID_RE.match(client_id):
             raise ConnectionDeny(400, "Invalid client_id")
         self.client_id = client_id
-        return omega.hub.broker.sessions.get(client_id).addCallback(self._admit)
+        return self.context.hub.session(client_id).addCallback(self._admit)
 
     def _authenticate(self, request: ConnectionRequest) -> Identity:
-        tokens = self.omega.tokens
+        tokens = self.context.tokens
         token = request_token(request)
         if token is None:
             if tokens.anonymous_allowed:
                 return ANONYMOUS
             raise ConnectionDeny(401, "Token Required")
         try:
-            identity = tokens.verify(token, self.omega.clock.seconds())
+            identity = tokens.verify(token, self.context.clock.seconds())
         except InvalidToken as e:
             _log.info("raw handshake from {peer}: invalid token ({error})",
                       peer=request.peer, error=str(e))
@@ -142,220 +148,187 @@ class RawWire:
             raise ConnectionDeny(403, "Channel Not Allowed")
         return identity
 
-    def _admit(self, session: Session | None) -> Deferred[None] | None:
-        omega = self.omega
+    def _admit(self, session: Session | None) -> Deferred[None]:
+        context = self.context
         user = self.identity.user
-        live = omega.registry.get(self.client_id)
+        live = context.registry.get(self.client_id)
         if (session is not None and session.user != user) or (
                 live is not None and live.info.user != user):
             # Another user's client_id: neither its session nor its connection
             # may be taken over.
             raise ConnectionDeny(409, "client_id Belongs To Another User")
-        if session is None and live is not None:
-            # Not held yet (still live): the live connection's own session,
-            # so that replacing it counts towards the reconnect threshold.
-            session = getattr(getattr(live, "wire", None), "session", None)
+        reconnect = context.config.reconnect
         if session is None:
-            self.session = Session(self.client_id, user=user)
-            return None
-        reconnect = omega.config.reconnect
-        now = omega.clock.seconds()
-        already_blocked = now < session.blocked_until
-        admission = admit(session, now, reconnect.delay, reconnect.max_attempts,
-                          replacing=live is not None)
-        stored = omega.hub.broker.sessions.put(session, reconnect.session_ttl)
-        if not admission.allowed:
-            if not already_blocked:  # this reconnect tripped the threshold
-                _log.warn("client {client_id} ERROR: reconnecting too often, refused for "
-                          "{retry_after} s", client_id=self.client_id,
-                          retry_after=admission.retry_after)
-                omega.metrics.transitions.labels(ConnectionState.ERROR.value).inc()
-            raise self.protocol.refuse_reconnects(admission.retry_after)
+            session = Session(self.client_id, user=user)
+        else:
+            now = context.clock.seconds()
+            already_blocked = now < session.blocked_until
+            # Replacing a live connection counts like reconnecting.
+            admission = admit(session, now, reconnect.delay, reconnect.max_attempts,
+                              replacing=live is not None)
+            if not admission.allowed:
+                context.hub.keep_session(session, reconnect.session_ttl)
+                if not already_blocked:  # this reconnect tripped the threshold
+                    _log.warn("client {client_id} ERROR: reconnecting too often, refused for "
+                              "{retry_after} s", client_id=self.client_id,
+                              retry_after=admission.retry_after)
+                    context.metrics.transitions.labels(ConnectionState.ERROR.value).inc()
+                raise self.link.refuse_reconnects(admission.retry_after)
         self.session = session
-        return stored
+        # Held while live too: a replacement finds it, and its threshold state.
+        return context.hub.keep_session(session, reconnect.session_ttl)
 
     # -- open ---------------------------------------------------------------
 
     def on_open(self) -> None:
-        omega = self.omega
-        protocol = self.protocol
-        now = omega.clock.seconds()
-        info = protocol.info = ClientInfo(self.client_id, str(protocol.peer), "raw", now)
+        context = self.context
+        link = self.link
+        info = link.info = ClientInfo(self.client_id, str(link.peer), "raw",
+                                      context.clock.seconds())
         info.user = self.identity.user
         info.expires_at = self.identity.expires_at
         info.channels.add(self.channel)
-        self._bucket = omega.publish_limit(protocol, self.identity.user)
+        self._bucket = context.publish_limit(link.peer_host, self.identity.user)
         session = self.session
-        resuming = session is not None and session.disconnected_at is not None
-        resume_from = None
-        if session is not None:
-            info.message_count = session.message_count
-            info.error_count = session.error_count
-            info.reconnect_count = session.reconnect_count + (1 if resuming else 0)
-            resume_from = session.positions.get(self.channel)
-            self.position = self._queued = resume_from
-            session.disconnected_at = None  # live again
+        if session is None:
+            self._register()
+            context.hub.subscribe(self.channel, self)
+            return
+        resuming = session.disconnected_at is not None
+        info.message_count = session.message_count
+        info.error_count = session.error_count
+        info.reconnect_count = session.reconnect_count + (1 if resuming else 0)
+        resume_from = session.positions.get(self.channel)
+        self.position = resume_from
+        session.disconnected_at = None  # live again
         if resuming:
             info.state = ConnectionState.RECONNECTING
-        replaced = omega.registry.add(protocol)
+        self._register()
+        since = resume_from if resuming else None
+        context.hub.join(self.channel, self, since, best_effort=True).addCallbacks(
+            self._joined, self._join_failed)
+
+    def _register(self) -> None:
+        replaced = self.context.registry.add(self.link)
         if replaced is not None:
             replaced.close_replaced()
-        omega.hub.subscribe(self.channel, self)
-        if resuming and resume_from is not None:
-            self._replaying = []
-            omega.hub.broker.recover(self.channel, resume_from).addCallback(
-                self._replay).addErrback(self._replay_failed)
-        else:
-            if resuming:
-                omega.registry.transition(protocol, ConnectionState.CONNECTED, "resumed")
-            if session is not None:
-                # Where this client starts: what is published after it can be replayed.
-                omega.hub.broker.position(self.channel).addCallback(self._start_at)
 
-    def _start_at(self, position: StreamPosition) -> None:
+    def _joined(self, joined: Joined) -> None:
+        """Where the client starts, or what it missed: sent before anything live."""
         if self.position is None:
-            self.position = self._queued = position
-
-    def _replay(self, recovery: Recovery) -> Deferred[None] | None:
-        if recovery.recovered:
-            self._finish_replay(recovery.publications, gap=False)
-            return None
-        # History no longer covers the gap: send what it has, and say so in logs and metrics.
-        assert self.position is not None
-        since = StreamPosition(self.position.epoch, self.position.offset)
-        if since.epoch != recovery.position.epoch:
-            since = StreamPosition(recovery.position.epoch, 0)
-        return self.omega.hub.broker.history(self.channel, since, None, False).addCallback(
-            lambda result: self._finish_replay(result[0], gap=True))
-
-    def _replay_failed(self, failure: Failure) -> None:
-        _log.failure("replay for {client_id} failed", failure, client_id=self.client_id)
-        self._finish_replay([], gap=True)
-
-    def _finish_replay(self, missed: list[Publication], gap: bool) -> None:
-        omega = self.omega
-        if gap:
-            omega.metrics.recovery_gaps.labels("raw").inc()
+            self.position = joined.position
+        elif not joined.recovered:
+            # History no longer covers the gap: send what it has, and say so.
+            self.context.metrics.recovery_gaps.labels("raw").inc()
             _log.warn("client {client_id} resumed on {channel} with a gap: history no longer "
                       "covers {position}; replayed the {count} publications it still has",
                       client_id=self.client_id, channel=self.channel,
-                      position=self.position, count=len(missed))
-        held, self._replaying = self._replaying or [], None
-        for publication in [*missed, *held]:
+                      position=self.position, count=joined.missed)
+        for publication in joined.publications:
             self.deliver(publication)
-        if self.protocol.info.state is ConnectionState.RECONNECTING:
-            omega.registry.transition(self.protocol, ConnectionState.CONNECTED,
-                                      f"resumed, {len(missed)} replayed")
+        if self.info.state is ConnectionState.RECONNECTING:
+            self.context.registry.transition(self.link, ConnectionState.CONNECTED,
+                                             f"resumed, {joined.missed} replayed")
+
+    def _join_failed(self, failure: Failure) -> None:
+        _log.failure("replay for {client_id} failed", failure, client_id=self.client_id)
+        self.context.metrics.recovery_gaps.labels("raw").inc()
+        self.context.hub.subscribe(self.channel, self)  # live from now on, at least
+        if self.info.state is ConnectionState.RECONNECTING:
+            self.context.registry.transition(self.link, ConnectionState.CONNECTED,
+                                             "resumed, 0 replayed")
 
     # -- frames ---------------------------------------------------------------
 
     def on_message(self, payload: bytes, is_binary: bool) -> None:
-        omega = self.omega
-        protocol = self.protocol
-        omega.metrics.messages_received.labels("raw").inc()
-        if not omega.config.channels.allow_client_publish:
-            protocol.reject(POLICY_VIOLATION, "Publishing is not allowed", "publish_denied")
-        elif self._bucket is not None and not self._bucket.take(omega.clock.seconds()):
-            omega.metrics.rate_limited.labels("publish").inc()
-            protocol.reject(POLICY_VIOLATION, "Publish rate exceeded", "rate_limited")
+        context = self.context
+        link = self.link
+        context.metrics.messages_received.labels("raw").inc()
+        if not context.config.channels.allow_client_publish:
+            link.reject(POLICY_VIOLATION, "Publishing is not allowed", "publish_denied")
+        elif self._bucket is not None and not self._bucket.take(context.clock.seconds()):
+            context.metrics.rate_limited.labels("publish").inc()
+            link.reject(POLICY_VIOLATION, "Publish rate exceeded", "rate_limited")
         elif is_binary and not _is_utf8(payload):
-            protocol.reject(INVALID_PAYLOAD, "Invalid UTF-8", "invalid_utf8")
+            link.reject(INVALID_PAYLOAD, "Invalid UTF-8", "invalid_utf8")
         elif parse_json_object(payload) is None:
-            protocol.reject(UNSUPPORTED_DATA, "Invalid message format", "invalid_format")
+            link.reject(UNSUPPORTED_DATA, "Invalid message format", "invalid_format")
         else:
-            omega.metrics.messages_published.labels("raw").inc()
-            omega.hub.publish(self.channel, payload).addErrback(self._publish_failed)
+            context.metrics.messages_published.labels("raw").inc()
+            context.hub.publish(self.channel, payload).addErrback(self._publish_failed)
 
     def _publish_failed(self, failure: Failure) -> None:
-        self.protocol.info.error_count += 1
+        self.info.error_count += 1
         _log.failure("publish from {client_id} on {channel} failed", failure,
                      client_id=self.client_id, channel=self.channel)
 
     def deliver(self, publication: Publication) -> None:
-        if self._replaying is not None:
-            self._replaying.append(publication)
-            return
-        queued = self._queued
-        if (queued is not None and publication.offset <= queued.offset
-                and publication.epoch == queued.epoch):
-            return  # already delivered: the joint between history and live stream
-        prepared = publication.encoded("raw", self.omega.prepare_raw)
-        self.protocol.send_prepared(cast(PreparedMessage, prepared), publication)
-        self._queued = publication
+        # The hub gives each publication once, in order, past the joint.
+        prepared = publication.encoded("raw", _frame)
+        self.link.send_prepared(prepared, publication)  # type: ignore[arg-type]
 
     def written(self, publication: Publication) -> None:
         if self.session is None:
             self.position = publication  # epoch and offset; no object per write
             return
-        outbox = self.protocol.outbox
-        if outbox is None:
-            return
         marks = self._marks
         if marks is None:
             marks = self._marks = deque()
-        marks.append((outbox.sent, publication.epoch, publication.offset))
+        marks.append((self.link.bytes_sent, publication.epoch, publication.offset))
         if len(marks) % _MARKS_CHECK == 0:
-            self._settle(self.protocol.unacked_bytes())
+            self._settle(self.link.unacked_bytes())
 
     def _settle(self, unacked: int | None) -> None:
         """Move the position past the writes the client's TCP acknowledged."""
         marks = self._marks
-        outbox = self.protocol.outbox
-        if not marks or outbox is None:
+        if not marks:
             return
         if unacked is not None:
-            received = outbox.sent - unacked
+            received = self.link.bytes_sent - unacked
             while marks and marks[0][0] <= received:
                 _, epoch, offset = marks.popleft()
                 self.position = StreamPosition(epoch, offset)
         while len(marks) > _MARKS_MAX:
             marks.popleft()
 
-    def close_slow(self) -> None:
-        self.protocol.fail_with(SLOW_CONSUMER, "slow consumer")
-
-    def drop_unresponsive(self) -> None:
-        self.protocol.abort()  # it does not answer: a close frame would wait for nothing
+    # -- the connection's duties ---------------------------------------------------
 
     def on_pong(self, payload: bytes) -> None:
-        self.protocol.info.ping_sent_at = None
+        self.info.ping_sent_at = None
 
     def send_heartbeat(self) -> None:
-        self.protocol.send_ping()
+        self.link.send_ping()
         if self._marks:
-            self._settle(self.protocol.unacked_bytes())
+            self._settle(self.link.unacked_bytes())
 
-    def close_inactive(self) -> None:
-        self.protocol.close(NORMAL, "Inactive client")
-
-    def close_replaced(self) -> None:
-        self.protocol.close(REPLACED, "replaced")
-
-    def close_expired(self) -> None:
-        self.protocol.close(TOKEN_EXPIRED, "token expired")
-
-    def close_for_shutdown(self) -> None:
-        self.protocol.close(GOING_AWAY, "going away")
+    def close(self, reason: CloseReason) -> None:
+        how, code, text = CLOSES[reason]
+        if how == "close":
+            self.link.close(code, text)
+        elif how == "fail":
+            self.link.fail(code, text)
+        else:
+            self.link.abort()
 
     def close_with(self, code: int, reason: str) -> None:
-        self.protocol.close(code, reason)
+        self.link.close(code, reason)
 
     def on_close(self, was_clean: bool, close_code: int) -> None:
-        omega = self.omega
-        omega.hub.unsubscribe(self.channel, self)
+        context = self.context
+        context.hub.unsubscribe(self.channel, self)
         session = self.session
-        if session is None or omega.registry.get(self.client_id) not in (None, self.protocol):
+        if session is None or context.registry.get(self.client_id) not in (None, self.link):
             return  # no session, or a newer connection owns it now
-        info = self.protocol.info
+        info = self.info
         session.message_count = info.message_count
         session.error_count = info.error_count
         session.reconnect_count = info.reconnect_count
-        session.disconnected_at = omega.clock.seconds()
+        session.disconnected_at = context.clock.seconds()
         # Whatever the close was, the position is what the client is known to
         # have received (unacked_at_close is None when the peer vanished and
         # the kernel could not be asked: then only what was settled before).
-        self._settle(self.protocol.unacked_at_close)
+        self._settle(self.link.unacked_at_close)
         if self.position is not None:
             session.positions[self.channel] = StreamPosition(self.position.epoch,
                                                              self.position.offset)
-        omega.hub.broker.sessions.put(session, omega.config.reconnect.session_ttl)
+        context.hub.keep_session(session, context.config.reconnect.session_ttl)

@@ -21,16 +21,18 @@ from twisted.python.failure import Failure
 
 from . import systemd
 from .admin import make_admin_site
-from .api import api_methods, new_node_id
+from .api import api_methods
 from .auth import TokenVerifier
 from .broker import Publication, make_broker
 from .config import Config, load_config
 from .hub import Hub
-from .jsonutil import compact
 from .metrics import Metrics
-from .protocol import EchoFactory, OmegaServerFactory, RpcHandler
+from .protocol import OmegaServerFactory
 from .registry import Registry
+from .safety import EchoFactory
+from .server_api import ApiError, ServerApi
 from .timers import HeartbeatService, MonitorService
+from .wire import RpcHandler
 
 __all__ = ["OmegaService", "Server", "StartupError", "makeService", "start_server", "stop_server"]
 
@@ -125,8 +127,11 @@ class OmegaService(MultiService):
                                lambda: self.broker.stats())
         self.registry = Registry(on_transition=self.metrics.on_transition)
         self.hub = Hub(self.broker, on_dispatch=self._count_delivery)
+        self.started_at = 0.0
+        self.api = ServerApi(self.hub, self.registry, config, self.metrics, clock,
+                             lambda: self.started_at)
         self.factory = OmegaServerFactory(config, self.hub, self.metrics, self.registry, clock,
-                                          self.tokens)
+                                          self.tokens, self.api)
         self.listeners = [ListenerService(reactor, key, scheme, description, self.factory)
                           for key, scheme, description in listener_descriptions(config)]
         if config.server.testee_port is not None:
@@ -134,8 +139,6 @@ class OmegaService(MultiService):
                 reactor, "server.testee_port", "ws",
                 f"tcp:{config.server.testee_port}:interface={_quote(config.server.host)}",
                 EchoFactory(config)))
-        self.started_at = 0.0
-        self.node_id = new_node_id()
         self.admin: ListenerService | None = None
         if config.admin.enabled:
             site = make_admin_site(self.problems, self.metrics.render, api_methods(self),
@@ -235,23 +238,23 @@ class OmegaService(MultiService):
             problems.append("broker unreachable")
         return problems
 
+    @property
+    def node_id(self) -> str:
+        return self.api.node_id
+
     def publish(self, channel: str, data: Any) -> Deferred[Publication]:
         """
         Publish a JSON-serializable C{data} on C{channel}.
         @raise ValueError: C{data} is not JSON (NaN, Infinity, other types), or
-            its JSON is longer than C{server.max_message_size}.
+            its JSON is longer than C{server.max_message_size}, or C{channel}
+            is not a valid channel name.
         """
+        # NaN and Infinity are refused: raw clients must get JSON.
+        payload = self.api.encode(data)
         try:
-            # NaN and Infinity are refused: raw clients must get JSON.
-            payload = compact(data)
-        except TypeError as e:
-            raise ValueError(f"data is not JSON-serializable: {e}") from None
-        limit = self.config.server.max_message_size
-        if len(payload) > limit:  # no client would take it
-            raise ValueError(f"data is {len(payload)} bytes, over server.max_message_size "
-                             f"({limit})")
-        self.metrics.messages_published.labels("api").inc()
-        return self.hub.publish(channel, payload)
+            return self.api.publish(channel, payload)
+        except ApiError as e:
+            raise ValueError(e.message) from None
 
 
 def _raise_file_limit(config: Config) -> None:

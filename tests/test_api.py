@@ -12,8 +12,8 @@ from twisted.python.failure import Failure
 
 from omega_ws import __version__
 from omega_ws.api import ApiError, ApiMethod, api_methods
+from omega_ws.broker.history import Publication
 from omega_ws.config import Config
-from omega_ws.history import Publication
 from omega_ws.registry import ClientInfo
 from omega_ws.service import OmegaService
 

@@ -1,8 +1,8 @@
-"""Tests for L{omega_ws.history}: streams, offsets, epochs, history and recovery."""
+"""Tests for L{omega_ws.broker.history}: streams, offsets, epochs, history and recovery."""
 
 from __future__ import annotations
 
-from omega_ws.history import Publication, Recovery, StreamPosition, Streams
+from omega_ws.broker.history import Publication, Recovery, StreamPosition, Streams
 
 
 def _streams(size: int = 10, ttl: float = 100.0, meta_ttl: float = 1000.0) -> Streams:

@@ -1,12 +1,12 @@
 """
-Tests for the bounds of L{omega_ws.history.Streams}: bytes per channel and
+Tests for the bounds of L{omega_ws.broker.history.Streams}: bytes per channel and
 in all, streams made only by publications, the stream cap, and history
 holding each publication's data alone.  Time is passed in.
 """
 
 from __future__ import annotations
 
-from omega_ws.history import Publication, StreamPosition, Streams
+from omega_ws.broker.history import Publication, StreamPosition, Streams
 
 
 def _streams(**bounds: int) -> Streams:

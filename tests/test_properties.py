@@ -46,6 +46,7 @@ from twisted.internet.testing import StringTransport
 
 from omega_ws.auth import TokenVerifier
 from omega_ws.broker import MemoryBroker
+from omega_ws.broker.history import Publication
 from omega_ws.centrifuge import ReplyError, _offset, _Raw, encode_reply
 from omega_ws.closing import MAX_REASON_BYTES, close_reason
 from omega_ws.config import (
@@ -55,7 +56,6 @@ from omega_ws.config import (
     _from_text,
     load_config,
 )
-from omega_ws.history import Publication
 from omega_ws.hub import Hub
 from omega_ws.jsonutil import compact, loads_strict, parse_json_object
 from omega_ws.metrics import Metrics

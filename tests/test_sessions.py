@@ -1,4 +1,4 @@
-"""Tests for L{omega_ws.sessions}: the reconnect threshold and the memory store."""
+"""Tests for L{omega_ws.broker.sessions}: the reconnect threshold and the memory store."""
 
 from __future__ import annotations
 
@@ -7,8 +7,8 @@ from typing import Any
 from twisted.internet.defer import Deferred
 from twisted.internet.task import Clock
 
-from omega_ws.history import StreamPosition
-from omega_ws.sessions import Admission, MemorySessions, Session, admit
+from omega_ws.broker.history import StreamPosition
+from omega_ws.broker.sessions import Admission, MemorySessions, Session, admit
 
 DELAY = 5.0
 MAX = 3
