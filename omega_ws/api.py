@@ -77,13 +77,25 @@ def _position(publication: Publication) -> dict[str, Any]:
 
 def api_methods(server: _HasApi) -> dict[str, ApiMethod]:
     """The methods of C{server.api}, taking request bodies."""
-    api = server.api
+    methods = _HttpApi(server.api)
+    return {name: getattr(methods, name) for name in METHODS}
 
-    def publish(body: dict[str, Any]) -> Deferred[dict[str, Any]]:
+
+METHODS = ("publish", "broadcast", "history", "presence", "presence_stats", "channels",
+           "disconnect", "info")
+
+
+class _HttpApi:
+    """Each method checks a request body's fields and calls the server API."""
+
+    def __init__(self, api: ServerApi) -> None:
+        self.api = api
+
+    def publish(self, body: dict[str, Any]) -> Deferred[dict[str, Any]]:
         channel = checked_channel(_field(body, "channel", str))
-        return api.publish(channel, _data(api, body)).addCallback(_position)
+        return self.api.publish(channel, _data(self.api, body)).addCallback(_position)
 
-    def broadcast(body: dict[str, Any]) -> Deferred[dict[str, Any]]:
+    def broadcast(self, body: dict[str, Any]) -> Deferred[dict[str, Any]]:
         channels = _field(body, "channels", list)
         if not all(isinstance(c, str) for c in channels):
             raise ApiError(BAD_REQUEST, "bad request: channels must be strings", 400)
@@ -98,12 +110,11 @@ def api_methods(server: _HasApi) -> dict[str, ApiMethod]:
                     out.append({"error": {"code": code, "message": str(result)}})
             return {"responses": out}
 
-        return api.broadcast(channels, _data(api, body)).addCallback(responses)
+        return self.api.broadcast(channels, _data(self.api, body)).addCallback(responses)
 
-    def history(body: dict[str, Any]) -> Deferred[dict[str, Any]]:
+    def history(self, body: dict[str, Any]) -> Deferred[dict[str, Any]]:
         channel = checked_channel(_field(body, "channel", str))
         limit = _field(body, "limit", int, required=False)
-        since = _since(body)
         # As Centrifugo: no limit or 0 gives the position only; -1 everything kept.
         wanted = 0 if not limit else (None if limit < 0 else limit)
 
@@ -113,19 +124,19 @@ def api_methods(server: _HasApi) -> dict[str, ApiMethod]:
                                      for p in publications],
                     "epoch": top.epoch, "offset": top.offset}
 
-        return api.history(channel, since, wanted, bool(body.get("reverse"))).addCallback(
-            answer)
+        return self.api.history(channel, _since(body), wanted,
+                                bool(body.get("reverse"))).addCallback(answer)
 
-    def presence(body: dict[str, Any]) -> dict[str, Any]:
-        return api.presence(_field(body, "channel", str))
+    def presence(self, body: dict[str, Any]) -> dict[str, Any]:
+        return self.api.presence(_field(body, "channel", str))
 
-    def presence_stats(body: dict[str, Any]) -> dict[str, Any]:
-        return api.presence_stats(_field(body, "channel", str))
+    def presence_stats(self, body: dict[str, Any]) -> dict[str, Any]:
+        return self.api.presence_stats(_field(body, "channel", str))
 
-    def channels(body: dict[str, Any]) -> dict[str, Any]:
-        return api.channels(_field(body, "pattern", str, required=False) or "*")
+    def channels(self, body: dict[str, Any]) -> dict[str, Any]:
+        return self.api.channels(_field(body, "pattern", str, required=False) or "*")
 
-    def disconnect(body: dict[str, Any]) -> dict[str, Any]:
+    def disconnect(self, body: dict[str, Any]) -> dict[str, Any]:
         user = _field(body, "user", str)
         client = _field(body, "client", str, required=False)
         spec = _field(body, "disconnect", dict, required=False) or {}
@@ -133,12 +144,8 @@ def api_methods(server: _HasApi) -> dict[str, ApiMethod]:
         reason = spec.get("reason", "force disconnect")
         if not isinstance(code, int) or isinstance(code, bool) or not isinstance(reason, str):
             raise ApiError(BAD_REQUEST, "bad request: disconnect code must be 3000-4999", 400)
-        api.disconnect(user, client, code, reason)
+        self.api.disconnect(user, client, code, reason)
         return {}
 
-    def info(body: dict[str, Any]) -> dict[str, Any]:
-        return api.info()
-
-    return {"publish": publish, "broadcast": broadcast, "history": history,
-            "presence": presence, "presence_stats": presence_stats, "channels": channels,
-            "disconnect": disconnect, "info": info}
+    def info(self, body: dict[str, Any]) -> dict[str, Any]:
+        return self.api.info()

@@ -21,7 +21,7 @@ import uuid
 from typing import Any, cast
 
 from autobahn.websocket.types import ConnectionRequest
-from twisted.internet.defer import Deferred, maybeDeferred
+from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IDelayedCall
 from twisted.logger import Logger
 from twisted.python.failure import Failure
@@ -33,16 +33,14 @@ from .centrifuge_codec import (
     ALREADY_SUBSCRIBED,
     BAD_REQUEST,
     BAD_REQUEST_ERROR,
+    CLOSES,
     EXPIRED,
-    FORCE_RECONNECT,
     INTERNAL,
     INVALID_TOKEN,
     LIMIT_EXCEEDED,
     METHOD_NOT_FOUND,
-    NO_PONG,
-    NOT_AVAILABLE,
     PERMISSION_DENIED,
-    SHUTDOWN,
+    PING,
     SLOW,
     STALE,
     TOKEN_EXPIRED,
@@ -51,16 +49,18 @@ from .centrifuge_codec import (
     Disconnect,
     Raw,
     ReplyError,
-    encode_pub_push,
     encode_reply,
     offset_of,
+    prepare_push,
+    push_bytes,
     size_of,
 )
+from .centrifuge_methods import ServerMethods
 from .hub import BrokerUnavailable, Joined
 from .jsonutil import compact, loads_strict
 from .limits import PublishLimit, TokenBucket
 from .registry import ClientInfo
-from .server_api import ApiError, ServerApi, checked_channel, presence_of
+from .server_api import ApiError, checked_channel
 from .wire import CloseReason, Link, Prepared, WireContext
 
 __all__ = ["CENTRIFUGE_PATH", "CentrifugeWire", "ReplyError"]
@@ -77,33 +77,6 @@ JSON_SUBPROTOCOL = "centrifuge-json"
 MAX_CHANNELS = 128
 # Commands in one frame; the replies to a frame go out as one message.
 MAX_COMMANDS_PER_FRAME = 100
-
-# How the Centrifuge wire ends a connection, for each reason: how, code,
-# text, and whether the disconnect push goes first.
-CLOSES: dict[CloseReason, tuple[str, int, str, bool]] = {
-    # As for raw clients (SPEC 7); the SDKs reconnect on codes below 3000.
-    CloseReason.INACTIVE: ("close", 1000, "Inactive client", False),
-    CloseReason.REPLACED: ("close", FORCE_RECONNECT, "replaced", True),
-    CloseReason.EXPIRED: ("close", EXPIRED, "connection expired", True),
-    CloseReason.SHUTDOWN: ("close", SHUTDOWN, "shutdown", True),
-    CloseReason.SLOW: ("fail", SLOW, "slow", False),
-    # A close frame with the code, so the SDK knows to reconnect; ends in ERROR.
-    CloseReason.UNRESPONSIVE: ("fail", NO_PONG, "no pong", False),
-}
-
-
-def _prepare_push(publication: Publication) -> Prepared:
-    return Prepared(_push_bytes(publication))
-
-
-# The server ping, framed once.
-PING = Prepared(b"{}")
-
-
-def _push_bytes(publication: Publication) -> bytes:
-    """The pub push for C{publication}, encoded once and shared by every subscriber."""
-    return cast(bytes, publication.encoded("centrifuge-json", encode_pub_push))
-
 
 class _Subscription:
     __slots__ = ("channel", "join_leave", "pending", "ready")
@@ -134,7 +107,7 @@ class _ChannelSubscriber:
         return self.wire.link.info
 
 
-class CentrifugeWire:
+class CentrifugeWire(ServerMethods):
     """The Centrifuge protocol on one connection: several channels, recovery, tokens."""
 
     __slots__ = ("context", "link", "identity", "connected", "subscriptions", "_bucket",
@@ -475,9 +448,9 @@ class CentrifugeWire:
             subscription.pending.append(publication)
             return
         if self._batch is not None:
-            self._batched(_push_bytes(publication))
+            self._batched(push_bytes(publication))
             return
-        prepared = publication.encoded("centrifuge", _prepare_push)
+        prepared = publication.encoded("centrifuge", prepare_push)
         self.link.send_prepared(cast(Prepared, prepared))
 
     def written(self, mark: object) -> None:
@@ -519,72 +492,6 @@ class CentrifugeWire:
                 other.wire._send([push])
 
     # -- other commands ---------------------------------------------------------
-
-    def _api(self) -> ServerApi:
-        api = self.context.api
-        assert api is not None, "the wire context has no server API"
-        return api
-
-    def handle_publish(self, body: dict[str, Any]) -> Deferred[dict[str, Any]]:
-        channel = self._channel(body)
-        context = self.context
-        if not context.config.channels.allow_client_publish:
-            raise ReplyError(PERMISSION_DENIED, "permission denied")
-        if self._bucket is not None and not self._bucket.take(context.clock.seconds()):
-            context.metrics.rate_limited.labels("publish").inc()
-            raise ReplyError(TOO_MANY_REQUESTS, "too many requests", temporary=True)
-        if "data" not in body:
-            raise ReplyError(BAD_REQUEST_ERROR, "bad request")
-        try:
-            data = compact(body["data"])
-        except ValueError:
-            raise ReplyError(BAD_REQUEST_ERROR, "bad request") from None
-        return self._api().publish(channel, data, "centrifuge").addCallback(lambda _: {})
-
-    def handle_history(self, body: dict[str, Any]) -> Deferred[Any]:
-        channel = self._channel(body)
-        limit = body.get("limit", 0)
-        if not isinstance(limit, int) or isinstance(limit, bool):
-            raise ReplyError(BAD_REQUEST_ERROR, "bad request")
-        since_body = body.get("since")
-        since = None
-        if isinstance(since_body, dict):
-            since = StreamPosition(str(since_body.get("epoch", "")),
-                                   offset_of(since_body.get("offset", 0)))
-        reverse = bool(body.get("reverse"))
-        if reverse and since is not None and since.offset == 0:
-            raise ReplyError(BAD_REQUEST_ERROR, "bad request")
-        # As Centrifugo: limit 0 asks for the position only, -1 for everything kept.
-        wanted = None if limit < 0 else limit
-        max_bytes = self.context.config.server.max_queue_size  # else ask for fewer (106)
-
-        def answer(result: tuple[list[Publication], StreamPosition]) -> Raw:
-            publications, top = result
-            return Raw({"epoch": top.epoch, "offset": top.offset}, publications)
-
-        return self._api().history(channel, since, wanted, reverse, max_bytes).addCallback(
-            answer)
-
-    # Centrifuge clients only: a raw client's client_id is what resumes its
-    # session, so other clients must not learn it.
-
-    def handle_presence(self, body: dict[str, Any]) -> dict[str, Any]:
-        members = self._api().members(self._channel(body), "centrifuge")
-        return {"presence": presence_of(members)}
-
-    def handle_presence_stats(self, body: dict[str, Any]) -> dict[str, Any]:
-        return self._api().presence_stats(self._channel(body), "centrifuge")
-
-    def handle_rpc(self, body: dict[str, Any]) -> Any:
-        method = body.get("method", "")
-        handler = self.context.rpc_handlers.get(method) if isinstance(method, str) else None
-        if handler is None:
-            raise ReplyError(NOT_AVAILABLE, "not available")
-        return maybeDeferred(handler, self.link.info, body.get("data")).addCallback(
-            lambda data: {"data": data} if data is not None else {})
-
-    def handle_send(self, body: dict[str, Any]) -> None:
-        return None  # asynchronous messages: nothing handles them here
 
     # -- the connection's duties -------------------------------------------------
 

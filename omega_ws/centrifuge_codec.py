@@ -6,13 +6,14 @@ as the bytes they were published as, and the pub push.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, cast
 
 from .broker.history import Publication
 from .jsonutil import compact
+from .wire import CloseReason, Prepared
 
-__all__ = ["Disconnect", "Raw", "ReplyError", "encode_pub_push", "encode_reply", "offset_of",
-           "size_of"]
+__all__ = ["CLOSES", "PING", "Disconnect", "Raw", "ReplyError", "encode_pub_push",
+           "encode_reply", "offset_of", "prepare_push", "push_bytes", "size_of"]
 
 # Disconnect (close) codes: 3000-3499 the SDKs reconnect, 3500-3999 they don't.
 SHUTDOWN, EXPIRED, SLOW, FORCE_RECONNECT, NO_PONG = 3001, 3005, 3008, 3011, 3012
@@ -107,3 +108,30 @@ def encode_reply(command_id: int, method: str, body: Any) -> bytes:
         prefix = b'{"id":' + str(command_id).encode() + b',"' + method.encode() + b'":'
         return prefix + inner + b"}"
     return compact({"id": command_id, method: body if body is not None else {}})
+
+
+# How the Centrifuge wire ends a connection, for each reason: how, code,
+# text, and whether the disconnect push goes first.
+CLOSES: dict[CloseReason, tuple[str, int, str, bool]] = {
+    # As for raw clients (SPEC 7); the SDKs reconnect on codes below 3000.
+    CloseReason.INACTIVE: ("close", 1000, "Inactive client", False),
+    CloseReason.REPLACED: ("close", FORCE_RECONNECT, "replaced", True),
+    CloseReason.EXPIRED: ("close", EXPIRED, "connection expired", True),
+    CloseReason.SHUTDOWN: ("close", SHUTDOWN, "shutdown", True),
+    CloseReason.SLOW: ("fail", SLOW, "slow", False),
+    # A close frame with the code, so the SDK knows to reconnect; ends in ERROR.
+    CloseReason.UNRESPONSIVE: ("fail", NO_PONG, "no pong", False),
+}
+
+
+def prepare_push(publication: Publication) -> Prepared:
+    return Prepared(push_bytes(publication))
+
+
+# The server ping, framed once.
+PING = Prepared(b"{}")
+
+
+def push_bytes(publication: Publication) -> bytes:
+    """The pub push for C{publication}, encoded once and shared by every subscriber."""
+    return cast(bytes, publication.encoded("centrifuge-json", encode_pub_push))

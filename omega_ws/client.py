@@ -30,6 +30,7 @@ from twisted.internet.defer import Deferred
 from twisted.internet.endpoints import HostnameEndpoint, wrapClientTLS
 from twisted.internet.interfaces import IDelayedCall
 from twisted.logger import Logger
+from twisted.protocols.basic import LineReceiver
 from twisted.python import usage
 
 from .jsonutil import parse_json_object
@@ -217,6 +218,44 @@ class _Options(usage.Options):
             raise usage.UsageError("say subscribe or publish")
 
 
+class _StdinPublisher(LineReceiver):
+    """Publishes each line of standard input; a line that is not a JSON object is skipped."""
+
+    delimiter = b"\n"
+
+    def __init__(self, client: RawClient, status: list[int], done: Callable[[], None]) -> None:
+        self.client = client
+        self.status = status
+        self.done = done
+        self.number = 0
+
+    def lineReceived(self, line: bytes) -> None:
+        self.number += 1
+        if not line.strip():
+            return
+        message = parse_json_object(line)
+        if message is None:  # skipped: the server would close the connection
+            sys.stderr.write(f"omega-ws client: error: line {self.number}: "
+                             "not a JSON object\n")
+            self.status[0] = 2
+            return
+        self.client.publish(message)
+
+    def connectionLost(self, reason: object = None) -> None:
+        self.client.stop().addBoth(lambda _: self.done())
+
+
+def _check_messages(messages: list[str]) -> None:
+    """Each message given on the command line must be a JSON object (exit 2)."""
+    for message in messages:
+        try:
+            if not isinstance(json.loads(message), dict):
+                raise ValueError("not a JSON object")
+        except ValueError as e:
+            sys.stderr.write(f"omega-ws client: error: {message!r}: {e}\n")
+            raise SystemExit(2) from None
+
+
 def main(argv: list[str] | None = None) -> None:
     options = _Options()
     try:
@@ -227,7 +266,6 @@ def main(argv: list[str] | None = None) -> None:
         sys.stderr.write(f"omega-ws client: error: {e}\n")
         raise SystemExit(2) from None
     from twisted.internet import reactor, stdio
-    from twisted.protocols.basic import LineReceiver
 
     status = [0]
 
@@ -252,35 +290,10 @@ def main(argv: list[str] | None = None) -> None:
                 client.publish(json.loads(message))
             client.stop().addBoth(lambda _: reactor.stop())
             return
+        stdio.StandardIO(_StdinPublisher(client, status, reactor.stop))
 
-        class Lines(LineReceiver):
-            delimiter = b"\n"
-            number = 0
-
-            def lineReceived(self, line: bytes) -> None:
-                self.number += 1
-                if not line.strip():
-                    return
-                message = parse_json_object(line)
-                if message is None:  # skipped: the server would close the connection
-                    sys.stderr.write(f"omega-ws client: error: line {self.number}: "
-                                     "not a JSON object\n")
-                    status[0] = 2
-                    return
-                client.publish(message)
-
-            def connectionLost(self, reason: object = None) -> None:
-                client.stop().addBoth(lambda _: reactor.stop())
-
-        stdio.StandardIO(Lines())
-
-    for message in common["messages"] if options.subCommand == "publish" else ():
-        try:
-            if not isinstance(json.loads(message), dict):
-                raise ValueError("not a JSON object")
-        except ValueError as e:
-            sys.stderr.write(f"omega-ws client: error: {message!r}: {e}\n")
-            raise SystemExit(2) from None
+    if options.subCommand == "publish":
+        _check_messages(common["messages"])
     started = client.start()
     # SIGTERM, SIGINT: close the connection, rather than watch it reconnect.
     reactor.addSystemEventTrigger("before", "shutdown", client.stop)

@@ -22,6 +22,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from .config_checks import (
+    ConfigError,
+    at_least,
+    check_listen,
+    check_public_key,
+    check_tls,
+    positive,
+)
+
 __all__ = [
     "Config",
     "ConfigError",
@@ -29,10 +38,6 @@ __all__ = [
     "load_config",
     "valid_channel",
 ]
-
-
-class ConfigError(ValueError):
-    """A configuration value is invalid; the message is one line naming the key."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -404,56 +409,29 @@ def _build(flat: Mapping[str, Any]) -> Config:
 
 def _validate(config: Config) -> None:
     s = config.server
-    for key, port in (
-        ("server.port", s.port),
-        ("server.tls_port", s.tls_port),
-        ("server.testee_port", s.testee_port),
-        ("admin.port", config.admin.port),
-    ):
-        if port is not None and not 0 <= port <= 65535:
-            raise ConfigError(f"{key}: {port} is out of range (0-65535)")
-    _at_least("server.max_message_size", s.max_message_size, 1)
-    _at_least("server.max_connections", s.max_connections, 1)
-    _at_least("server.backlog", s.backlog, 1)
-    _at_least("server.max_handshake_size", s.max_handshake_size, 1024)
-    _at_least("server.max_connections_per_ip", s.max_connections_per_ip, 0)
-    _at_least("server.max_queue_size", s.max_queue_size, 1024)
-    _at_least("server.max_message_fragments", s.max_message_fragments, 1)
-    if not 1 <= s.ipv6_prefix <= 128:
-        raise ConfigError(f"server.ipv6_prefix: {s.ipv6_prefix} is out of range (1-128)")
-    if s.address_publish_rate is not None:
-        _at_least("server.address_publish_rate", s.address_publish_rate, 0)
-    _at_least("server.subscribe_rate", s.subscribe_rate, 0)
-    _at_least("server.publish_rate", s.publish_rate, 0)
-    _at_least("server.publish_burst", s.publish_burst, 1)
-    # Autobahn's timers work in whole seconds; a shorter timeout would fire at once.
-    _at_least("server.handshake_timeout", s.handshake_timeout, 1)
-    if not 9 <= s.compression_window_bits <= 15:
-        raise ConfigError(
-            f"server.compression_window_bits: {s.compression_window_bits} is out of range (9-15)"
-        )
+    _validate_numbers(config)
     if not s.host:
         raise ConfigError("server.host: must not be empty")
     if not config.admin.host:
         raise ConfigError("admin.host: must not be empty")
     if not s.allowed_origins:
         raise ConfigError('server.allowed_origins: must not be empty (use ["*"] to allow all)')
-    _positive("heartbeat.ping_interval", config.heartbeat.ping_interval)
-    _positive("heartbeat.ping_timeout", config.heartbeat.ping_timeout)
-    _positive("monitor.interval", config.monitor.interval)
-    _positive("monitor.idle_timeout", config.monitor.idle_timeout)
-    _at_least("reconnect.max_attempts", config.reconnect.max_attempts, 0)
-    _at_least("reconnect.delay", config.reconnect.delay, 0)
-    _at_least("reconnect.session_ttl", config.reconnect.session_ttl, 0)
-    _at_least("reconnect.max_sessions", config.reconnect.max_sessions, 1)
-    _at_least("auth.expired_close_delay", config.auth.expired_close_delay, 0)
-    _at_least("channels.history_size", config.channels.history_size, 0)
-    _at_least("channels.history_ttl", config.channels.history_ttl, 0)
-    _at_least("channels.history_max_bytes", config.channels.history_max_bytes, 0)
-    _at_least("channels.history_total_bytes", config.channels.history_total_bytes, 0)
-    _at_least("channels.max_streams", config.channels.max_streams, 1)
-    _at_least("admin.max_connections", config.admin.max_connections, 1)
-    _positive("admin.request_timeout", config.admin.request_timeout)
+    positive("heartbeat.ping_interval", config.heartbeat.ping_interval)
+    positive("heartbeat.ping_timeout", config.heartbeat.ping_timeout)
+    positive("monitor.interval", config.monitor.interval)
+    positive("monitor.idle_timeout", config.monitor.idle_timeout)
+    at_least("reconnect.max_attempts", config.reconnect.max_attempts, 0)
+    at_least("reconnect.delay", config.reconnect.delay, 0)
+    at_least("reconnect.session_ttl", config.reconnect.session_ttl, 0)
+    at_least("reconnect.max_sessions", config.reconnect.max_sessions, 1)
+    at_least("auth.expired_close_delay", config.auth.expired_close_delay, 0)
+    at_least("channels.history_size", config.channels.history_size, 0)
+    at_least("channels.history_ttl", config.channels.history_ttl, 0)
+    at_least("channels.history_max_bytes", config.channels.history_max_bytes, 0)
+    at_least("channels.history_total_bytes", config.channels.history_total_bytes, 0)
+    at_least("channels.max_streams", config.channels.max_streams, 1)
+    at_least("admin.max_connections", config.admin.max_connections, 1)
+    positive("admin.request_timeout", config.admin.request_timeout)
     if not valid_channel(config.channels.default):
         raise ConfigError(
             f"channels.default: {config.channels.default!r} is not a valid channel name "
@@ -470,87 +448,43 @@ def _validate(config: Config) -> None:
         raise ConfigError(
             f"broker.url: {config.broker.url!r} is not supported (this version has memory://)"
         )
-    _validate_tls(s)
+    check_tls(s.cert, s.key)
     if config.auth.token_secret is not None and not config.auth.token_secret:
         raise ConfigError("auth.token_secret: must not be empty (leave it unset instead)")
     if config.auth.token_public_key is not None:
-        _validate_public_key(config.auth.token_public_key)
-    _validate_listen(s.listen)
+        check_public_key(config.auth.token_public_key)
+    check_listen(s.listen)
 
 
-def _at_least(key: str, value: float, minimum: float) -> None:
-    if value < minimum:
-        raise ConfigError(f"{key}: {value} is below the minimum ({minimum})")
 
-
-def _positive(key: str, value: float) -> None:
-    if not value > 0:
-        raise ConfigError(f"{key}: {value} must be greater than 0")
-
-
-def _readable(key: str, path: str) -> bytes:
-    try:
-        return Path(path).read_bytes()
-    except OSError as e:
-        raise ConfigError(f"{key}: cannot read {path} ({e.strerror})") from None
-    except ValueError as e:  # a NUL byte in the path
-        raise ConfigError(f"{key}: {path!r} is not a valid path ({e})") from None
-
-
-def _validate_public_key(path: str) -> None:
-    from cryptography.hazmat.primitives.serialization import load_pem_public_key
-
-    pem = _readable("auth.token_public_key", path)
-    try:
-        load_pem_public_key(pem)
-    except ValueError as e:
+def _validate_numbers(config: Config) -> None:
+    """Ports, sizes, rates and times of the server section."""
+    s = config.server
+    for key, port in (
+        ("server.port", s.port),
+        ("server.tls_port", s.tls_port),
+        ("server.testee_port", s.testee_port),
+        ("admin.port", config.admin.port),
+    ):
+        if port is not None and not 0 <= port <= 65535:
+            raise ConfigError(f"{key}: {port} is out of range (0-65535)")
+    at_least("server.max_message_size", s.max_message_size, 1)
+    at_least("server.max_connections", s.max_connections, 1)
+    at_least("server.backlog", s.backlog, 1)
+    at_least("server.max_handshake_size", s.max_handshake_size, 1024)
+    at_least("server.max_connections_per_ip", s.max_connections_per_ip, 0)
+    at_least("server.max_queue_size", s.max_queue_size, 1024)
+    at_least("server.max_message_fragments", s.max_message_fragments, 1)
+    if not 1 <= s.ipv6_prefix <= 128:
+        raise ConfigError(f"server.ipv6_prefix: {s.ipv6_prefix} is out of range (1-128)")
+    if s.address_publish_rate is not None:
+        at_least("server.address_publish_rate", s.address_publish_rate, 0)
+    at_least("server.subscribe_rate", s.subscribe_rate, 0)
+    at_least("server.publish_rate", s.publish_rate, 0)
+    at_least("server.publish_burst", s.publish_burst, 1)
+    # Autobahn's timers work in whole seconds; a shorter timeout would fire at once.
+    at_least("server.handshake_timeout", s.handshake_timeout, 1)
+    if not 9 <= s.compression_window_bits <= 15:
         raise ConfigError(
-            f"auth.token_public_key: {path} is not a PEM public key ({e})") from None
-
-
-def _validate_tls(s: ServerConfig) -> None:
-    if s.cert is None and s.key is None:
-        return
-    if s.cert is None or s.key is None:
-        missing, present = ("server.key", "server.cert") if s.key is None else (
-            "server.cert", "server.key")
-        raise ConfigError(f"{missing}: required when {present} is set")
-    # Imported here: only a configuration that asks for TLS needs pyOpenSSL.
-    from OpenSSL import crypto
-    from twisted.internet import ssl
-
-    cert_pem = _readable("server.cert", s.cert)
-    key_pem = _readable("server.key", s.key)
-    try:
-        certificate = ssl.Certificate.loadPEM(cert_pem)
-    except Exception as e:
-        raise ConfigError(f"server.cert: {s.cert} is not a PEM certificate ({e})") from None
-    try:
-        key = ssl.KeyPair.load(key_pem, crypto.FILETYPE_PEM)
-    except Exception as e:
-        raise ConfigError(f"server.key: {s.key} is not a PEM private key ({e})") from None
-    try:
-        ssl.PrivateCertificate.fromCertificateAndKeyPair(certificate, key).options()
-    except Exception as e:
-        raise ConfigError(
-            f"server.key: {s.key} does not match the certificate {s.cert} ({e})"
-        ) from None
-
-
-def _validate_listen(listen: tuple[str, ...]) -> None:
-    from twisted.internet import endpoints
-    from twisted.internet.testing import MemoryReactor
-
-    for description in listen:
-        try:
-            # Parsing only builds the endpoint object; nothing listens yet.
-            endpoints.serverFromString(MemoryReactor(), description)
-        except (IndexError, KeyError):
-            raise ConfigError(
-                f"server.listen: {description!r} names an inherited socket that is not "
-                "there (run it under systemd socket activation)"
-            ) from None
-        except Exception as e:
-            raise ConfigError(
-                f"server.listen: {description!r} is not a valid endpoint ({e})"
-            ) from None
+            f"server.compression_window_bits: {s.compression_window_bits} is out of range (9-15)"
+        )

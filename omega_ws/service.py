@@ -25,9 +25,9 @@ from .api import api_methods
 from .auth import TokenVerifier
 from .broker import Publication, make_broker
 from .config import Config, load_config
+from .factory import OmegaServerFactory
 from .hub import Hub
 from .metrics import Metrics
-from .protocol import OmegaServerFactory
 from .registry import Registry
 from .safety import EchoFactory
 from .server_api import ApiError, ServerApi
@@ -128,6 +128,9 @@ class OmegaService(MultiService):
         self.registry = Registry(on_transition=self.metrics.on_transition)
         self.hub = Hub(self.broker, on_dispatch=self._count_delivery)
         self.started_at = 0.0
+        # Fires once every listener is bound (see startService), or fails
+        # with StartupError.
+        self.ready: Deferred[None] = defer.succeed(None)
         self.api = ServerApi(self.hub, self.registry, config, self.metrics, clock,
                              lambda: self.started_at)
         self.factory = OmegaServerFactory(config, self.hub, self.metrics, self.registry, clock,
@@ -198,7 +201,26 @@ class OmegaService(MultiService):
             _log.warn("admin API on {host!r} is open to the network without admin.api_key",
                       host=self.config.admin.host)
         _raise_file_limit(self.config)
-        self.broker.start()
+        # Nothing listens before the broker can take publications.  A broker
+        # that answers at once (memory) starts everything now, so that a bind
+        # error raises from here; one that must connect first starts the
+        # listeners when it has: self.ready says when (or why not).
+        starting = self.broker.start()
+        if starting.called:
+            outcome: list[Any] = []
+            starting.addBoth(outcome.append)
+            if isinstance(outcome[0], Failure):
+                raise StartupError(f"broker.url: cannot start: {outcome[0].getErrorMessage()}")
+            self._listen()
+            self.ready = defer.succeed(None)
+        else:
+            self.ready = starting.addCallbacks(lambda _: self._listen(), self._start_failed)
+
+    def _start_failed(self, failure: Failure) -> Failure:
+        return Failure(StartupError(f"broker.url: cannot start: {failure.getErrorMessage()}"))
+
+    def _listen(self) -> None:
+        """Every listener, then the sweeps; @raise StartupError: a bind failed."""
         started: list[ListenerService] = []
         try:
             for listener in [*self.listeners, *([self.admin] if self.admin else [])]:
@@ -380,7 +402,7 @@ def start_server(config: Config | Mapping[str, Any] | None = None,
         return defer.fail()
     server = Server(service)
     _running.append(server)
-    return defer.succeed(server)
+    return service.ready.addCallback(lambda _: server)
 
 
 def stop_server(server: Server | None = None) -> Deferred[None]:

@@ -13,6 +13,7 @@ from typing import Any
 from twisted.application.service import IService, MultiService
 from twisted.logger import ILogObserver
 from twisted.python import usage
+from twisted.python.failure import Failure
 
 from .config import Config, ConfigError, load_config
 from .logs import make_observer
@@ -99,7 +100,8 @@ class CommandLineService(MultiService):
     def __init__(self, config: Config) -> None:
         super().__init__()
         self.config = config
-        OmegaService(config).setServiceParent(self)
+        self.server = OmegaService(config)
+        self.server.setServiceParent(self)
 
     def setServiceParent(self, parent: Any) -> None:
         super().setServiceParent(parent)
@@ -112,9 +114,19 @@ class CommandLineService(MultiService):
         try:
             super().startService()
         except StartupError as e:
-            # The real stderr: twistd has redirected sys.stderr into the log.
-            (sys.__stderr__ or sys.stderr).write(f"omega-ws: error: {e}\n")
+            _say(e)
             raise SystemExit(1) from None
+        # A broker that connects first may still fail to start: same line, then stop.
+        self.server.ready.addErrback(self._failed_later)
+
+    def _failed_later(self, failure: Failure) -> None:
+        _say(failure.value)
+        self.server.reactor.stop()
+
+
+def _say(error: BaseException) -> None:
+    # The real stderr: twistd has redirected sys.stderr into the log.
+    (sys.__stderr__ or sys.stderr).write(f"omega-ws: error: {error}\n")
 
 
 def makeService(options: Options) -> IService:

@@ -56,6 +56,7 @@ from omega_ws.config import (
     _from_text,
     load_config,
 )
+from omega_ws.factory import OmegaServerFactory
 from omega_ws.hub import Hub
 from omega_ws.jsonutil import compact, loads_strict, parse_json_object
 from omega_ws.metrics import Metrics

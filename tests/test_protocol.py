@@ -19,9 +19,10 @@ from twisted.python.failure import Failure
 from omega_ws.auth import TokenVerifier
 from omega_ws.broker import MemoryBroker
 from omega_ws.config import Config
+from omega_ws.factory import OmegaServerFactory
 from omega_ws.hub import Hub
 from omega_ws.metrics import Metrics
-from omega_ws.protocol import OmegaProtocol, OmegaServerFactory
+from omega_ws.protocol import OmegaProtocol
 from omega_ws.registry import ConnectionState, Registry
 from omega_ws.timers import HeartbeatService, MonitorService
 
