@@ -158,9 +158,13 @@ class CentrifugeWire(ServerMethods):
         if not self.connected:
             self.link.reject(STALE, "stale", "stale")
 
-    def on_close(self, was_clean: bool, close_code: int) -> None:
+    def _cancel_deadline(self) -> None:
         if self._connect_deadline is not None and self._connect_deadline.active():
             self._connect_deadline.cancel()
+        self._connect_deadline = None
+
+    def on_close(self, was_clean: bool, close_code: int) -> None:
+        self._cancel_deadline()
         for subscriber in list(self.subscriptions.values()):
             self._leave(subscriber)
         self.subscriptions.clear()
@@ -301,6 +305,7 @@ class CentrifugeWire(ServerMethods):
             self.link.send_text(b"\n".join(messages))
 
     def _disconnect(self, code: int, reason: str) -> None:
+        self._cancel_deadline()  # closing already: not again as stale
         if code in (BAD_REQUEST, INVALID_TOKEN, SLOW):
             # The client's fault (a bad command, a bad token, a frame asking for
             # more than max_queue_size of answers): counted, and ends in ERROR.
@@ -357,8 +362,7 @@ class CentrifugeWire(ServerMethods):
         info.expires_at = identity.expires_at
         self.connected = True
         self._bucket = self.context.publish_limit(self.link.peer_host, identity.user)
-        if self._connect_deadline is not None and self._connect_deadline.active():
-            self._connect_deadline.cancel()
+        self._cancel_deadline()
         return {"client": info.client_id, "version": __version__,
                 "ping": max(1, round(self.context.config.heartbeat.ping_interval)),
                 "pong": True, **self._expiry(identity)}
@@ -437,6 +441,8 @@ class CentrifugeWire(ServerMethods):
                 after_reply = joined.publications[joined.missed:]
         subscription = subscriber.subscription
         subscription.pending = list(after_reply)  # sent once the reply is out
+        if self.subscriptions.get(subscription.channel) is not subscriber:
+            return Raw(reply, in_reply)  # unsubscribed, or gone, while the broker answered
         subscription.ready = True
         self._announce(subscriber, "join")
         # The publications keep their bytes: spliced into the reply as JSON text.
@@ -487,8 +493,9 @@ class CentrifugeWire(ServerMethods):
         channel = subscriber.subscription.channel
         push = compact({"push": {"channel": channel, kind: {"info": self._client_info()}}})
         for other in self.context.hub.subscribers(channel):
+            # Only to those whose own subscribe reply is out: no push before it.
             if (isinstance(other, _ChannelSubscriber) and other is not subscriber
-                    and other.subscription.join_leave):
+                    and other.subscription.join_leave and other.subscription.ready):
                 other.wire._send([push])
 
     # -- other commands ---------------------------------------------------------

@@ -159,7 +159,8 @@ class Hub:
                 self._recovered, channel, since, best_effort)
 
         def failed(failure: Failure) -> Failure:
-            self.unsubscribe(channel, subscriber)
+            if self._standins.get((channel, subscriber)) is joining:  # not a later join's
+                self.unsubscribe(channel, subscriber)
             return failure
 
         return read.addCallbacks(self._joint, failed, callbackArgs=(channel, joining))

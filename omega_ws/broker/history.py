@@ -128,16 +128,22 @@ class Streams:
         self._streams: OrderedDict[str, _Stream] = OrderedDict()  # least recently used first
         self._entries: deque[_Entry] = deque()  # every kept entry, oldest first
         self._kept = 0
-        # A stream-to-be's epoch derives from this, so that reads need not
-        # store anything; it changes whenever a stream with publications is
-        # forgotten, so that a forgotten stream's next epoch is a new one.
+        # A stream-to-be's epoch derives from this and from how many times the
+        # channel's stream was forgotten (with publications), so that reads
+        # need not store a stream and a forgotten stream's next epoch is a new
+        # one.  The count is kept for as many channels as there may be
+        # streams; past that the generation changes (a resync, never a gap,
+        # for a client that read a stream-to-be's epoch before).
         self._generation = new_epoch()
+        self._forgotten: OrderedDict[str, int] = OrderedDict()
 
     def __len__(self) -> int:
         return len(self._streams)
 
     def _epoch_for(self, channel: str) -> str:
-        digest = hashlib.blake2s(channel.encode(), digest_size=4, key=self._generation.encode())
+        incarnation = self._forgotten.get(channel, 0)
+        digest = hashlib.blake2s(f"{incarnation}:{channel}".encode(), digest_size=4,
+                                 key=self._generation.encode())
         return digest.hexdigest()
 
     def _find(self, channel: str, now: float) -> _Stream | None:
@@ -281,4 +287,8 @@ class Streams:
         while stream.entries:
             self._drop_oldest(stream)
         if stream.offset:
-            self._generation = new_epoch()
+            forgotten = self._forgotten
+            forgotten[channel] = forgotten.pop(channel, 0) + 1
+            if len(forgotten) > self.max_streams:
+                forgotten.clear()
+                self._generation = new_epoch()
