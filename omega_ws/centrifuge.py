@@ -65,9 +65,6 @@ from .wire import CloseReason, Link, Prepared, WireContext
 
 __all__ = ["CENTRIFUGE_PATH", "CentrifugeWire", "ReplyError"]
 
-# Names the tests know the encoder by.
-_Raw, _offset = Raw, offset_of
-
 _log = Logger()
 
 CENTRIFUGE_PATH = "/connection/websocket"

@@ -47,7 +47,9 @@ from twisted.internet.testing import StringTransport
 from omega_ws.auth import TokenVerifier
 from omega_ws.broker import MemoryBroker
 from omega_ws.broker.history import Publication
-from omega_ws.centrifuge import ReplyError, _offset, _Raw, encode_reply
+from omega_ws.centrifuge_codec import Raw as _Raw
+from omega_ws.centrifuge_codec import ReplyError, encode_reply
+from omega_ws.centrifuge_codec import offset_of as _offset
 from omega_ws.closing import MAX_REASON_BYTES, close_reason
 from omega_ws.config import (
     ENVIRONMENT,
