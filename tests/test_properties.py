@@ -65,7 +65,7 @@ from omega_ws.metrics import Metrics
 from omega_ws.protocol import OmegaProtocol
 from omega_ws.registry import Registry
 
-from .test_protocol import OmegaServerFactory, server_frames
+from .test_protocol import server_frames
 
 # No example database: it would be a directory in the checkout.
 FAST = settings(max_examples=150, deadline=None, database=None)
