@@ -88,6 +88,8 @@ class OmegaProtocol(WebSocketServerProtocol):
     info: ClientInfo
     wire: Wire | None = None
     outbox: Outbox | None = None
+    # The connection's permessage-deflate state (fixed by the handshake), or None.
+    _deflate: Any = None
     _ip: str | None = None
     _retry_after: int | None = None
     _error_counted = False
@@ -173,6 +175,7 @@ class OmegaProtocol(WebSocketServerProtocol):
             for name in _HANDSHAKE_LEFTOVERS:
                 self.__dict__.pop(name, None)
             _compat.drop_send_queue(self)
+            self._deflate = _compat.compression(self)
             self.wire.on_open()
         except Exception:
             _log.failure("onOpen failed for {peer}", peer=self.peer)
@@ -182,9 +185,8 @@ class OmegaProtocol(WebSocketServerProtocol):
         info = self.info
         info.last_message = self.omega.clock.seconds()
         info.message_count += 1
-        deflate = _compat.compression(self)
-        if deflate is not None:
-            _compat.release_deflate(deflate, outgoing=False)
+        if self._deflate is not None:
+            _compat.release_deflate(self._deflate, outgoing=False)
         try:
             assert self.wire is not None
             self.wire.on_message(payload, isBinary)
@@ -255,7 +257,7 @@ class OmegaProtocol(WebSocketServerProtocol):
         outbox = self.outbox
         if outbox is None:
             return
-        deflate = _compat.compression(self)
+        deflate = self._deflate
         if deflate is None:
             outbox.put(prepared.frame, mark)
         elif outbox.admit(len(prepared.payload)):
