@@ -37,8 +37,7 @@ first after upgrading either dependency.
 
 from __future__ import annotations
 
-import contextlib
-from collections.abc import Iterator
+from collections.abc import Callable
 from typing import Any, cast
 
 import autobahn.websocket.protocol as _autobahn_protocol
@@ -49,7 +48,7 @@ from twisted.internet import abstract, tcp
 __all__ = [
     "HAS_CONFIG_ATTRS", "HAS_PFORMAT", "HAS_TCP_BUFFERS", "HAS_TCP_SOCKET", "config_attrs",
     "fail_connection", "release_deflate", "request_head", "tcp_buffered",
-    "tls_pending", "without_pformat",
+    "tls_pending", "call_without_pformat",
 ]
 
 HAS_FAIL_CONNECTION = callable(getattr(WebSocketServerProtocol, "_fail_connection", None))
@@ -102,21 +101,20 @@ def release_deflate(deflate: Any, outgoing: bool) -> None:
         deflate._decompressor = None
 
 
-@contextlib.contextmanager
-def without_pformat() -> Iterator[None]:
+def call_without_pformat(function: Callable[[], None]) -> None:
     """
-    Autobahn pretty-prints its options for a debug log on every new
-    connection, debug on or not: about 90 us, a third of a handshake.
-    Skip that formatting for the duration (the options are class
-    attributes, so there is nothing to show).
+    C{function()}, but without the pretty-printing of options Autobahn does
+    for a debug log on every new connection, debug on or not: about 90 us,
+    a third of a handshake (the options are class attributes, so there is
+    nothing to show).
     """
     if not HAS_PFORMAT:
-        yield
+        function()
         return
     original = _autobahn_protocol.pformat
     _autobahn_protocol.pformat = _no_pformat  # type: ignore[assignment]
     try:
-        yield
+        function()
     finally:
         _autobahn_protocol.pformat = original
 

@@ -358,7 +358,7 @@ class CentrifugeWire(ServerMethods):
         info.user = identity.user
         info.expires_at = identity.expires_at
         self.connected = True
-        self._bucket = self.context.publish_limit(self.link.peer_host, identity.user)
+        self._bucket = self.context.publish_limit(self.link, identity.user)
         self._cancel_deadline()
         return {"client": info.client_id, "version": __version__,
                 "ping": max(1, round(self.context.config.heartbeat.ping_interval)),

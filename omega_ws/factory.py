@@ -30,7 +30,7 @@ from .raw import RawWire
 from .registry import Registry
 from .safety import Http11OverAlpn, apply_limits
 from .server_api import ServerApi
-from .wire import RpcHandler, Wire, WireContext
+from .wire import Link, RpcHandler, Wire, WireContext
 
 __all__ = ["OmegaServerFactory"]
 
@@ -97,7 +97,7 @@ class OmegaServerFactory(Http11OverAlpn, WebSocketServerFactory):
             return CentrifugeWire(self.context, protocol)
         return RawWire(self.context, protocol)
 
-    def publish_limit(self, host: str | None, user: str) -> PublishLimit | None:
+    def publish_limit(self, link: Link, user: str) -> PublishLimit | None:
         """
         What a new connection's publications draw from: its own bucket
         (C{server.publish_rate}) and the ones its address and its token user
@@ -110,6 +110,7 @@ class OmegaServerFactory(Http11OverAlpn, WebSocketServerFactory):
             buckets.append(TokenBucket(server.publish_rate, server.publish_burst, now))
         shared = self.shared_publish_buckets
         if shared is not None:
+            host = link.peer_host
             if host is not None:
                 buckets.append(shared.get(address_key(host, server.ipv6_prefix), now))
             if user:

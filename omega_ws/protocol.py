@@ -446,8 +446,8 @@ class OmegaProtocol(WebSocketServerProtocol):
             omega.connection_gone(self)
 
     def _connectionMade(self) -> None:
-        with _compat.without_pformat():  # see there: a third of a handshake
-            super()._connectionMade()
+        # See there: a third of a handshake.
+        _compat.call_without_pformat(super()._connectionMade)
 
     def connectionMade(self) -> None:
         super().connectionMade()

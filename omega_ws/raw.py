@@ -188,7 +188,7 @@ class RawWire:
         info.user = self.identity.user
         info.expires_at = self.identity.expires_at
         info.channels.add(self.channel)
-        self._bucket = context.publish_limit(link.peer_host, self.identity.user)
+        self._bucket = context.publish_limit(link, self.identity.user)
         session = self.session
         if session is None:
             self._register()

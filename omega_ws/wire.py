@@ -107,8 +107,8 @@ class WireContext:
     tokens: TokenVerifier
     metrics: Metrics
     registry: Registry
-    # What a connection's publications draw from: (client address, user) -> limit.
-    publish_limit: Callable[[str | None, str], PublishLimit | None]
+    # What a connection's publications draw from: (its link, its user) -> limit.
+    publish_limit: Callable[[Link, str], PublishLimit | None]
     api: ServerApi | None = None
     rpc_handlers: dict[str, RpcHandler] = field(default_factory=dict)
 

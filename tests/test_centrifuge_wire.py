@@ -216,7 +216,7 @@ class Server:
         self.context = WireContext(self.hub, self.clock, config, TokenVerifier(config.auth),
                                    self.metrics, self.registry, self.publish_limit, self.api)
 
-    def publish_limit(self, host: str | None, user: str) -> PublishLimit | None:
+    def publish_limit(self, link: object, user: str) -> PublishLimit | None:
         """Each connection's own bucket (server.publish_rate), as the factory makes it."""
         server = self.config.server
         if not server.publish_rate:
