@@ -11,7 +11,8 @@ attribute, named after it, that fails when an upgrade removes it: run it
 first after upgrading either dependency.
 
   - Autobahn C{WebSocketProtocol.data}: the unparsed input, to cap the
-    request head (431).  Fallback: no cap of ours (Autobahn's own checks).
+    request head (431) and to drop the rest of a flood once closing.
+    Fallback: no cap of ours (Autobahn's own checks), the flood parsed.
   - Autobahn C{WebSocketProtocol._fail_connection}: fail with a close
     code.  Fallback: a close frame sent with the public protocol fields.
   - Autobahn C{_perMessageCompress}, and its C{_compressor} /
@@ -71,6 +72,16 @@ def request_head(protocol: Any) -> bytes | None:
     """The input Autobahn has not parsed yet (the request head, while connecting)."""
     data = getattr(protocol, "data", None)
     return data if isinstance(data, bytes) else None
+
+
+def discard_input(protocol: Any) -> None:
+    """
+    Drop the input Autobahn has read but not parsed yet: the rest of a flood
+    of tiny frames is not worth parsing once the connection is closing.
+    Fallback: it is parsed (within the allowance of C{protocol.py}).
+    """
+    if isinstance(getattr(protocol, "data", None), bytes):
+        protocol.data = b""
 
 
 def fail_connection(protocol: Any, code: int, reason: str) -> None:

@@ -219,6 +219,7 @@ class OmegaProtocol(WebSocketServerProtocol):
         if (self._fragments > self.omega.config.server.max_message_fragments
                 and not self.failedByMe):
             self.reject(1009, "Too many fragments", "too_many_fragments")
+            _compat.discard_input(self)  # the rest of what was read is more of the same
             return
         super().onMessageFrameBegin(length)
 
