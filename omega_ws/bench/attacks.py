@@ -234,9 +234,12 @@ async def history(run: Run) -> None:
             # (The probe's small publications are history too.)
             scene.expect(held <= bound + 65536,
                          f"history holds {held / MIB:.1f} MiB > {bound // MIB} MiB")
-            scene.expect(scene.monitor.peak_rss <= scene.monitor.before.rss_mib + bound / MIB + 64,
-                         f"RSS peak {scene.monitor.peak_rss:.0f} MiB > before + "
-                         f"{bound // MIB} MiB bound + 64 MiB")
+            # The allocator keeps freed 1 MiB blocks between the kept ones: the
+            # documented allowance is 1.5 x the bound (docs/security.md).
+            scene.expect(
+                scene.monitor.peak_rss <= scene.monitor.before.rss_mib + 1.5 * bound / MIB + 64,
+                f"RSS peak {scene.monitor.peak_rss:.0f} MiB > before + 1.5 x "
+                f"{bound // MIB} MiB bound + 64 MiB")
 
 
 async def flood_history(port: int, channels: list[str], count: int, size: int,
