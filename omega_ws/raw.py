@@ -195,6 +195,9 @@ class RawWire:
             context.hub.subscribe(self.channel, self)
             return
         resuming = session.disconnected_at is not None
+        # A live connection of this session, still closing, say: the new one
+        # takes over from what the old one is known to have delivered.
+        replacing = context.registry.get(self.client_id) is not None
         info.message_count = session.message_count
         info.error_count = session.error_count
         info.reconnect_count = session.reconnect_count + (1 if resuming else 0)
@@ -204,7 +207,7 @@ class RawWire:
         if resuming:
             info.state = ConnectionState.RECONNECTING
         self._register()
-        since = resume_from if resuming else None
+        since = resume_from if resuming or replacing else None
         context.hub.join(self.channel, self, since, best_effort=True).addCallbacks(
             self._joined, self._join_failed)
 
@@ -217,6 +220,7 @@ class RawWire:
         """Where the client starts, or what it missed: sent before anything live."""
         if self.position is None:
             self.position = joined.position
+            self._record()
         elif not joined.recovered:
             # History no longer covers the gap: send what it has, and say so.
             self.context.metrics.recovery_gaps.labels("raw").inc()
@@ -285,11 +289,23 @@ class RawWire:
             return
         if unacked is not None:
             received = self.link.bytes_sent - unacked
+            settled = None
             while marks and marks[0][0] <= received:
-                _, epoch, offset = marks.popleft()
-                self.position = StreamPosition(epoch, offset)
+                settled = marks.popleft()
+            if settled is not None:
+                self.position = StreamPosition(settled[1], settled[2])
+                self._record()
         while len(marks) > _MARKS_MAX:
             marks.popleft()
+
+    def _record(self) -> None:
+        """
+        The session follows the position as it settles, so that a connection
+        replacing this one (before this one's close is done) starts from it.
+        """
+        if self.session is not None and self.position is not None:
+            self.session.positions[self.channel] = StreamPosition(self.position.epoch,
+                                                                  self.position.offset)
 
     # -- the connection's duties ---------------------------------------------------
 

@@ -66,11 +66,11 @@ async def _publish(server: object, channel: str, first: int, count: int,
             await asyncio.sleep(0.01)  # let the reactor write
 
 
-@pytest.mark.parametrize("drop", ["slow_consumer", "no_pong"])
+@pytest.mark.parametrize("drop", ["slow_consumer", "no_pong", "replaced_while_closing"])
 @ensure_deferred
 async def test_a_dropped_raw_session_resumes_without_a_gap(serve: StartServer,
                                                            drop: str) -> None:
-    if drop == "slow_consumer":
+    if drop in ("slow_consumer", "replaced_while_closing"):
         settings = {"server": {"max_queue_size": 64 * 1024},
                     "heartbeat": {"ping_interval": 60}}
         total = 8000  # more than the kernel's send buffer can hide
@@ -83,19 +83,26 @@ async def test_a_dropped_raw_session_resumes_without_a_gap(serve: StartServer,
 
     async def scenario() -> tuple[list[int], list[int], str]:
         await _publish(server, "feed", 1, total)
-        # Still stalled while the server gives up on it: past the 2 s close
-        # handshake (slow consumer), or a sweep, its timeout and the drop.
-        await asyncio.sleep(3.0 if drop == "slow_consumer" else 2.5)
-        # The server let go of it (its descriptor too) while it still stalls.
-        gone = not server.service.factory.connections  # type: ignore[attr-defined]
-        assert gone, "the dropped connection is still held"
-        # The client wakes up and reads what its kernel kept for it.
-        before, ended = await _read_all(stalled, timeout=3.0)
-        stalled.close()
-        await asyncio.sleep(0.2)
+        if drop == "replaced_while_closing":
+            # The client gives up on this connection and comes back while the
+            # server still waits for the close it sent: a replacement.
+            before, ended = await _read_all(stalled, timeout=0.5)
+            assert server.service.factory.connections  # type: ignore[attr-defined]
+        else:
+            # Still stalled while the server gives up on it: past the 2 s close
+            # handshake (slow consumer), or a sweep, its timeout and the drop.
+            await asyncio.sleep(3.0 if drop == "slow_consumer" else 2.5)
+            # The server let go of it (its descriptor too) while it still stalls.
+            gone = not server.service.factory.connections  # type: ignore[attr-defined]
+            assert gone, "the dropped connection is still held"
+            # The client wakes up and reads what its kernel kept for it.
+            before, ended = await _read_all(stalled, timeout=3.0)
+            stalled.close()
+            await asyncio.sleep(0.2)
         resumed = await RawSocket._open(server.port, path, None, "127.0.0.1")
         after, _ = await _read_all(resumed, timeout=1.0)
         resumed.close()
+        stalled.close()
         return _seqs_of(before), _seqs_of(after), ended
 
     before, after, ended = await aio(scenario(), 30.0)
