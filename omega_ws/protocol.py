@@ -98,9 +98,9 @@ class OmegaProtocol(WebSocketServerProtocol):
     _input_after_close = 0  # bytes received since we sent our close frame
     # The payload of the heartbeat ping not answered yet: only its pong counts.
     ping_payload: bytes | None = None
-    # Bytes written but not known to have reached the peer, when that was last
-    # knowable (the close); None until then.  See unacked_bytes().
-    unacked_at_close: int | None = None
+    # How many of the bytes sent the peer's TCP had acknowledged when that was
+    # last knowable (the close); None until then, or if it never was.
+    received_at_close: int | None = None
 
     @property
     def omega(self) -> Server:
@@ -287,6 +287,12 @@ class OmegaProtocol(WebSocketServerProtocol):
         unsent = unsent_bytes(self.transport)
         return None if unsent is None else queued + unsent
 
+    def _note_received(self) -> None:
+        """What the peer has, now: before anything more (a close frame) is sent."""
+        unacked = self.unacked_bytes()
+        if unacked is not None:
+            self.received_at_close = self.bytes_sent - unacked
+
     def close(self, code: int, reason: str) -> None:
         """Close cleanly with C{code} (1000, 1001 or 3000-4999)."""
         if self.state == self.STATE_OPEN:
@@ -329,18 +335,18 @@ class OmegaProtocol(WebSocketServerProtocol):
         super().sendCloseFrame(code, reasonUtf8, isReply)
 
     def onCloseFrame(self, code: int, reasonRaw: bytes) -> bool | None:
-        if self.unacked_at_close is None:
+        if self.received_at_close is None:
             if self.state == self.STATE_CLOSING:
                 # The answer to our close: the peer read everything before it.
-                self.unacked_at_close = 0
+                self.received_at_close = self.bytes_sent
             else:
                 # The peer closes: what had not reached it yet may be dropped.
-                self.unacked_at_close = self.unacked_bytes()
+                self._note_received()
         return super().onCloseFrame(code, reasonRaw)
 
     def dropConnection(self, abort: bool = False) -> None:
-        if self.unacked_at_close is None and self.state != self.STATE_CLOSED:
-            self.unacked_at_close = self.unacked_bytes()
+        if self.received_at_close is None and self.state != self.STATE_CLOSED:
+            self._note_received()
         if self.wasClean:
             # The closing handshake is done: end TCP with a FIN, not a reset,
             # so that browsers report a clean close.
@@ -356,8 +362,8 @@ class OmegaProtocol(WebSocketServerProtocol):
     # IHalfCloseableProtocol: the peer's FIN, while the socket is still ours.
     def readConnectionLost(self) -> None:
         # The last moment the kernel can say what never reached the peer.
-        if self.unacked_at_close is None:
-            self.unacked_at_close = self.unacked_bytes()
+        if self.received_at_close is None:
+            self._note_received()
         if not close_without_reset(self.transport) and self.transport is not None:
             self.transport.loseConnection()
 

@@ -284,11 +284,14 @@ class RawWire:
 
     def _settle(self, unacked: int | None) -> None:
         """Move the position past the writes the client's TCP acknowledged."""
+        self._settle_to(None if unacked is None else self.link.bytes_sent - unacked)
+
+    def _settle_to(self, received: int | None) -> None:
+        """Move the position past the writes that end within C{received} bytes."""
         marks = self._marks
         if not marks:
             return
-        if unacked is not None:
-            received = self.link.bytes_sent - unacked
+        if received is not None:
             settled = None
             while marks and marks[0][0] <= received:
                 settled = marks.popleft()
@@ -341,9 +344,9 @@ class RawWire:
         session.reconnect_count = info.reconnect_count
         session.disconnected_at = context.clock.seconds()
         # Whatever the close was, the position is what the client is known to
-        # have received (unacked_at_close is None when the peer vanished and
+        # have received (received_at_close is None when the peer vanished and
         # the kernel could not be asked: then only what was settled before).
-        self._settle(self.link.unacked_at_close)
+        self._settle_to(self.link.received_at_close)
         if self.position is not None:
             session.positions[self.channel] = StreamPosition(self.position.epoch,
                                                              self.position.offset)

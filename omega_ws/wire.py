@@ -93,8 +93,8 @@ class Link(Connection, Protocol):
         """Bytes sent that the peer's TCP has not acknowledged (None: unknown)."""
 
     @property
-    def unacked_at_close(self) -> int | None:
-        """L{unacked_bytes} when the connection ended, if it could be known."""
+    def received_at_close(self) -> int | None:
+        """Of L{bytes_sent}, how many the peer had when the connection ended, if known."""
 
 
 @dataclass(eq=False)

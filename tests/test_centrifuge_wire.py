@@ -109,7 +109,7 @@ class FakeLink:
         return 0
 
     @property
-    def unacked_at_close(self) -> int | None:
+    def received_at_close(self) -> int | None:
         return 0
 
     # The registry's Connection: what the protocol does, straight to the wire.
