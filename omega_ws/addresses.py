@@ -15,20 +15,28 @@ from __future__ import annotations
 import ipaddress
 from functools import lru_cache
 
-__all__ = ["LOOPBACK", "address_key"]
+__all__ = ["LOOPBACK", "address_key", "parse_ip"]
 
 LOOPBACK = "loopback"
+
+
+def parse_ip(host: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
+    """C{host} as an IP address (an IPv4 one seen through IPv6 as itself), or None."""
+    try:
+        address = ipaddress.ip_address(host.partition("%")[0])
+    except ValueError:
+        return None
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+        return address.ipv4_mapped
+    return address
 
 
 @lru_cache(maxsize=4096)
 def address_key(host: str, ipv6_prefix: int = 64) -> str:
     """The key C{host} is counted under; a host that is not an IP is itself."""
-    try:
-        address = ipaddress.ip_address(host.split("%", 1)[0])
-    except ValueError:
+    address = parse_ip(host)
+    if address is None:
         return host
-    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
-        address = address.ipv4_mapped
     if address.is_loopback:
         return LOOPBACK
     if isinstance(address, ipaddress.IPv4Address):

@@ -10,9 +10,7 @@ C{admin.py}; what is refused and why, in C{docs/security.md}.
 from __future__ import annotations
 
 import hmac
-import ipaddress
 import json
-import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -32,7 +30,8 @@ from twisted.web.http_headers import Headers
 from twisted.web.resource import Resource
 from twisted.web.server import Request, Site
 
-from .config import AdminConfig
+from .addresses import parse_ip
+from .config import AdminConfig, origin_pattern
 from .server_api import (
     BAD_REQUEST,
     LIMIT_EXCEEDED,
@@ -96,13 +95,6 @@ _POST_ONLY = Refusal(405, METHOD_NOT_FOUND, "use POST", "body_not_allowed", allo
 _BUSY = Refusal(503, LIMIT_EXCEEDED, "too many admin connections", "connections")
 
 
-def _origin_pattern(patterns: tuple[str, ...]) -> re.Pattern[str] | None:
-    if not patterns:
-        return None
-    return re.compile(
-        "|".join(re.escape(p).replace(r"\*", ".*") for p in patterns), re.IGNORECASE)
-
-
 def _host_port(netloc: str, scheme: str) -> tuple[str, int] | None:
     """(host, port) of C{host[:port]}, host lower-case, IPv6 without brackets."""
     try:
@@ -114,16 +106,6 @@ def _host_port(netloc: str, scheme: str) -> tuple[str, int] | None:
             or parts.password is not None):
         return None
     return parts.hostname, port if port is not None else (443 if scheme == "https" else 80)
-
-
-def _ip(text: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
-    try:
-        address = ipaddress.ip_address(text.partition("%")[0])
-    except ValueError:
-        return None
-    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
-        return address.ipv4_mapped
-    return address
 
 
 def own_origin(origin: str, host: bytes | None, local: IAddress) -> bool:
@@ -145,12 +127,12 @@ def own_origin(origin: str, host: bytes | None, local: IAddress) -> bool:
     if target is None or _host_port(origin[len("http://"):], "http") != target:
         return False
     name, port = target
-    local_ip = _ip(str(getattr(local, "host", "")))
+    local_ip = parse_ip(str(getattr(local, "host", "")))
     if local_ip is None or port != getattr(local, "port", None):
         return False
     if name == "localhost":
         return local_ip.is_loopback
-    return _ip(name) == local_ip
+    return parse_ip(name) == local_ip
 
 
 def _first_segment(target: bytes) -> bytes:
@@ -174,7 +156,7 @@ class AdminPolicy:
                  max_body: int = MAX_BODY) -> None:
         self.api_key = api_key.encode() if api_key else None
         self.max_body = max_body
-        self._allowed = _origin_pattern(allowed_origins)
+        self._allowed = origin_pattern(allowed_origins)
 
     def origin_allowed(self, origin: str) -> bool:
         """C{origin} is in C{admin.allowed_origins} (not: is our own)."""

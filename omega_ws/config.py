@@ -36,6 +36,7 @@ __all__ = [
     "ConfigError",
     "ENVIRONMENT",
     "load_config",
+    "origin_pattern",
     "valid_channel",
 ]
 
@@ -219,6 +220,18 @@ CONFIG_ENV = "OMEGA_WS_CONFIG"
 _PATH_KEYS = ("server.cert", "server.key", "auth.token_public_key")
 _CHANNEL_RE = re.compile(r"[A-Za-z0-9_.:@-]{1,255}\Z")
 LOG_LEVELS = ("debug", "info", "warn", "error", "critical")
+
+
+def origin_pattern(patterns: tuple[str, ...]) -> re.Pattern[str] | None:
+    """
+    Browser origins as C{server.allowed_origins} and C{admin.allowed_origins}
+    give them: C{*} stands for any run of characters, a pattern must match a
+    whole C{Origin} (use C{fullmatch}), case does not matter.  None for none.
+    """
+    if not patterns:
+        return None
+    return re.compile(
+        "|".join(re.escape(p).replace(r"\*", ".*") for p in patterns), re.IGNORECASE)
 
 
 def valid_channel(name: str) -> bool:

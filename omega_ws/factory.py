@@ -7,7 +7,6 @@ every WebSocket listener (ws, wss, extra endpoints).
 
 from __future__ import annotations
 
-import re
 import types
 from typing import cast
 
@@ -20,7 +19,7 @@ from . import _compat
 from .addresses import address_key
 from .auth import TokenVerifier
 from .centrifuge import CENTRIFUGE_PATH, CentrifugeWire
-from .config import Config
+from .config import Config, origin_pattern
 from .hub import Hub
 from .limits import PublishLimit, SharedBuckets, TokenBucket
 from .metrics import Metrics
@@ -33,12 +32,6 @@ from .server_api import ServerApi
 from .wire import Link, RpcHandler, Wire, WireContext
 
 __all__ = ["OmegaServerFactory"]
-
-
-def _origin_pattern(patterns: tuple[str, ...]) -> re.Pattern[str]:
-    return re.compile(
-        "|".join(re.escape(p).replace(r"\*", ".*") for p in patterns), re.IGNORECASE
-    )
 
 
 @implementer(IProtocolNegotiationFactory)
@@ -68,7 +61,7 @@ class OmegaServerFactory(Http11OverAlpn, WebSocketServerFactory):
         self.flusher = FlushScheduler(clock)
         self.per_ip: dict[str, int] = {}
         self.shared_publish_buckets = _shared_publish_buckets(config)
-        self._origins = _origin_pattern(config.server.allowed_origins)
+        self._origins = origin_pattern(config.server.allowed_origins)
         self._drained: Deferred[None] | None = None
         self.noisy = False
         apply_limits(self, config)
@@ -118,7 +111,7 @@ class OmegaServerFactory(Http11OverAlpn, WebSocketServerFactory):
         return PublishLimit(tuple(buckets)) if buckets else None
 
     def origin_allowed(self, origin: str) -> bool:
-        return self._origins.fullmatch(origin) is not None
+        return self._origins is not None and self._origins.fullmatch(origin) is not None
 
     def connection_gone(self, protocol: OmegaProtocol) -> None:
         self.connections.discard(protocol)

@@ -19,11 +19,6 @@ class TokenBucket:
         self._tokens = float(burst)
         self._updated = now
 
-    @classmethod
-    def for_publishing(cls, rate: float, burst: int, now: float) -> TokenBucket | None:
-        """The per-connection publish limit (C{server.publish_rate}); None when off."""
-        return cls(rate, burst, now) if rate else None
-
     def take(self, now: float) -> bool:
         """Spend one token if there is one; False means over the limit."""
         # max(): a wall clock stepped backwards must not drain the bucket.
