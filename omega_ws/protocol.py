@@ -279,19 +279,22 @@ class OmegaProtocol(WebSocketServerProtocol):
 
     def unacked_bytes(self) -> int | None:
         """
-        Bytes written that the peer's TCP has not acknowledged: what the
-        outbox and the transport still hold plus the kernel's send queue;
-        None when the kernel cannot be asked (the socket is gone).
+        Of L{bytes_sent}, those the peer's TCP has not acknowledged: what the
+        transport still holds plus the kernel's send queue (frames still in
+        the outbox are not sent yet, so not counted); None when the kernel
+        cannot be asked (the socket is gone).
         """
-        queued = self.outbox.size if self.outbox is not None else 0
-        unsent = unsent_bytes(self.transport)
-        return None if unsent is None else queued + unsent
+        return unsent_bytes(self.transport)
 
     def _note_received(self) -> None:
-        """What the peer has, now: before anything more (a close frame) is sent."""
-        unacked = self.unacked_bytes()
-        if unacked is not None:
-            self.received_at_close = self.bytes_sent - unacked
+        """
+        What the peer has, taken once, at the first moment the connection is
+        known to end: before anything more (a close frame) is sent.
+        """
+        if self.received_at_close is None:
+            unacked = self.unacked_bytes()
+            if unacked is not None:
+                self.received_at_close = self.bytes_sent - unacked
 
     def close(self, code: int, reason: str) -> None:
         """Close cleanly with C{code} (1000, 1001 or 3000-4999)."""
@@ -335,17 +338,16 @@ class OmegaProtocol(WebSocketServerProtocol):
         super().sendCloseFrame(code, reasonUtf8, isReply)
 
     def onCloseFrame(self, code: int, reasonRaw: bytes) -> bool | None:
-        if self.received_at_close is None:
-            if self.state == self.STATE_CLOSING:
-                # The answer to our close: the peer read everything before it.
-                self.received_at_close = self.bytes_sent
-            else:
-                # The peer closes: what had not reached it yet may be dropped.
-                self._note_received()
+        if self.state == self.STATE_CLOSING and self.received_at_close is None:
+            # The answer to our close: the peer read everything before it.
+            self.received_at_close = self.bytes_sent
+        else:
+            # The peer closes: what had not reached it yet may be dropped.
+            self._note_received()
         return super().onCloseFrame(code, reasonRaw)
 
     def dropConnection(self, abort: bool = False) -> None:
-        if self.received_at_close is None and self.state != self.STATE_CLOSED:
+        if self.state != self.STATE_CLOSED:
             self._note_received()
         if self.wasClean:
             # The closing handshake is done: end TCP with a FIN, not a reset,
@@ -362,8 +364,7 @@ class OmegaProtocol(WebSocketServerProtocol):
     # IHalfCloseableProtocol: the peer's FIN, while the socket is still ours.
     def readConnectionLost(self) -> None:
         # The last moment the kernel can say what never reached the peer.
-        if self.received_at_close is None:
-            self._note_received()
+        self._note_received()
         if not close_without_reset(self.transport) and self.transport is not None:
             self.transport.loseConnection()
 

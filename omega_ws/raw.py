@@ -347,7 +347,5 @@ class RawWire:
         # have received (received_at_close is None when the peer vanished and
         # the kernel could not be asked: then only what was settled before).
         self._settle_to(self.link.received_at_close)
-        if self.position is not None:
-            session.positions[self.channel] = StreamPosition(self.position.epoch,
-                                                             self.position.offset)
+        self._record()
         context.hub.keep_session(session, context.config.reconnect.session_ttl)
