@@ -22,6 +22,7 @@ from .server_api import (
     METHOD_NOT_FOUND,
     UNAUTHORIZED,
     UNKNOWN_CHANNEL,
+    Answer,
     ApiError,
     checked_channel,
     new_node_id,
@@ -127,16 +128,16 @@ class _HttpApi:
         return self.api.history(channel, _since(body), wanted,
                                 bool(body.get("reverse"))).addCallback(answer)
 
-    def presence(self, body: dict[str, Any]) -> dict[str, Any]:
+    def presence(self, body: dict[str, Any]) -> Answer:
         return self.api.presence(_field(body, "channel", str))
 
-    def presence_stats(self, body: dict[str, Any]) -> dict[str, Any]:
+    def presence_stats(self, body: dict[str, Any]) -> Answer:
         return self.api.presence_stats(_field(body, "channel", str))
 
-    def channels(self, body: dict[str, Any]) -> dict[str, Any]:
+    def channels(self, body: dict[str, Any]) -> Answer:
         return self.api.channels(_field(body, "pattern", str, required=False) or "*")
 
-    def disconnect(self, body: dict[str, Any]) -> dict[str, Any]:
+    def disconnect(self, body: dict[str, Any]) -> Answer:
         user = _field(body, "user", str)
         client = _field(body, "client", str, required=False)
         spec = _field(body, "disconnect", dict, required=False) or {}
@@ -144,8 +145,7 @@ class _HttpApi:
         reason = spec.get("reason", "force disconnect")
         if not isinstance(code, int) or isinstance(code, bool) or not isinstance(reason, str):
             raise ApiError(BAD_REQUEST, "bad request: disconnect code must be 3000-4999", 400)
-        self.api.disconnect(user, client, code, reason)
-        return {}
+        return self.api.disconnect(user, client, code, reason)
 
-    def info(self, body: dict[str, Any]) -> dict[str, Any]:
+    def info(self, body: dict[str, Any]) -> Answer:
         return self.api.info()

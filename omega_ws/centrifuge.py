@@ -56,6 +56,7 @@ from .centrifuge_codec import (
     size_of,
 )
 from .centrifuge_methods import ServerMethods
+from .centrifuge_subscriptions import ChannelSubscriber, Subscription
 from .hub import BrokerUnavailable, Joined
 from .jsonutil import compact, loads_strict
 from .limits import PublishLimit, TokenBucket
@@ -74,36 +75,6 @@ JSON_SUBPROTOCOL = "centrifuge-json"
 MAX_CHANNELS = 128
 # Commands in one frame; the replies to a frame go out as one message.
 MAX_COMMANDS_PER_FRAME = 100
-
-class _Subscription:
-    __slots__ = ("channel", "join_leave", "pending", "ready")
-
-    def __init__(self, channel: str, join_leave: bool) -> None:
-        self.channel = channel
-        self.join_leave = join_leave
-        # Live publications held back until the subscribe reply is out
-        # (None once it is); the SDKs drop pushes for a channel before that.
-        self.pending: list[Publication] | None = []
-        self.ready = False  # the reply is made
-
-
-class _ChannelSubscriber:
-    """What the hub holds for one subscribed channel of one connection."""
-
-    __slots__ = ("wire", "subscription")
-
-    def __init__(self, wire: CentrifugeWire, subscription: _Subscription) -> None:
-        self.wire = wire
-        self.subscription = subscription
-
-    def deliver(self, publication: Publication) -> None:
-        self.wire.deliver(self.subscription, publication)
-
-    @property
-    def info(self) -> ClientInfo:
-        return self.wire.link.info
-
-
 class CentrifugeWire(ServerMethods):
     """The Centrifuge protocol on one connection: several channels, recovery, tokens."""
 
@@ -115,7 +86,7 @@ class CentrifugeWire(ServerMethods):
         self.link = link
         self.identity: Identity = ANONYMOUS
         self.connected = False
-        self.subscriptions: dict[str, _ChannelSubscriber] = {}
+        self.subscriptions: dict[str, ChannelSubscriber] = {}
         self._bucket: PublishLimit | None = None
         # Subscribes per second: fresh channel names are not free to try.
         self._subscribe_bucket: TokenBucket | None = None
@@ -401,8 +372,8 @@ class CentrifugeWire(ServerMethods):
         since = None
         if body.get("recover"):
             since = StreamPosition(str(body.get("epoch", "")), offset_of(body.get("offset", 0)))
-        subscription = _Subscription(channel, bool(body.get("join_leave")))
-        subscriber = _ChannelSubscriber(self, subscription)
+        subscription = Subscription(channel, bool(body.get("join_leave")))
+        subscriber = ChannelSubscriber(self, subscription)
         self.subscriptions[channel] = subscriber
         self.link.info.channels.add(channel)
 
@@ -414,7 +385,7 @@ class CentrifugeWire(ServerMethods):
         return self.context.hub.join(channel, subscriber, since).addCallbacks(
             self._subscribed, failed, callbackArgs=(subscriber, since))
 
-    def _subscribed(self, joined: Joined, subscriber: _ChannelSubscriber,
+    def _subscribed(self, joined: Joined, subscriber: ChannelSubscriber,
                     since: StreamPosition | None) -> Raw:
         position = joined.position
         reply: dict[str, Any] = {"recoverable": True, "positioned": True,
@@ -445,7 +416,7 @@ class CentrifugeWire(ServerMethods):
         # The publications keep their bytes: spliced into the reply as JSON text.
         return Raw(reply, in_reply)
 
-    def deliver(self, subscription: _Subscription, publication: Publication) -> None:
+    def deliver(self, subscription: Subscription, publication: Publication) -> None:
         # The hub gives each publication once, in order, past the joint.
         if subscription.pending is not None:
             subscription.pending.append(publication)
@@ -471,7 +442,7 @@ class CentrifugeWire(ServerMethods):
         if subscriber is not None:
             self._leave(subscriber)
 
-    def _leave(self, subscriber: _ChannelSubscriber) -> None:
+    def _leave(self, subscriber: ChannelSubscriber) -> None:
         self.context.hub.unsubscribe(subscriber.subscription.channel, subscriber)
         if subscriber.subscription.ready:  # its join was announced
             self._announce(subscriber, "leave")
@@ -485,13 +456,15 @@ class CentrifugeWire(ServerMethods):
         info = self.link.info
         return {"user": info.user, "client": info.client_id}
 
-    def _announce(self, subscriber: _ChannelSubscriber, kind: str) -> None:
+    def _announce(self, subscriber: ChannelSubscriber, kind: str) -> None:
         """join/leave pushes to the channel's subscribers that asked for them."""
         channel = subscriber.subscription.channel
-        push = compact({"push": {"channel": channel, kind: {"info": self._client_info()}}})
+        info = self._client_info()
+        self.context.hub.announce(channel, kind, compact(info))  # to the other nodes
+        push = compact({"push": {"channel": channel, kind: {"info": info}}})
         for other in self.context.hub.subscribers(channel):
             # Only to those whose own subscribe reply is out: no push before it.
-            if (isinstance(other, _ChannelSubscriber) and other is not subscriber
+            if (isinstance(other, ChannelSubscriber) and other is not subscriber
                     and other.subscription.join_leave and other.subscription.ready):
                 other.wire._send([push])
 

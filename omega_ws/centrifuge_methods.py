@@ -24,7 +24,7 @@ from .centrifuge_codec import (
 )
 from .jsonutil import compact
 from .limits import PublishLimit
-from .server_api import ServerApi, presence_of
+from .server_api import Answer, ServerApi
 from .wire import Link, WireContext
 
 __all__ = ["ServerMethods"]
@@ -91,11 +91,10 @@ class ServerMethods:
     # Centrifuge clients only: a raw client's client_id is what resumes its
     # session, so other clients must not learn it.
 
-    def handle_presence(self, body: dict[str, Any]) -> dict[str, Any]:
-        members = self._api().members(self._channel(body), "centrifuge")
-        return {"presence": presence_of(members)}
+    def handle_presence(self, body: dict[str, Any]) -> Answer:
+        return self._api().presence(self._channel(body), "centrifuge")
 
-    def handle_presence_stats(self, body: dict[str, Any]) -> dict[str, Any]:
+    def handle_presence_stats(self, body: dict[str, Any]) -> Answer:
         return self._api().presence_stats(self._channel(body), "centrifuge")
 
     def handle_rpc(self, body: dict[str, Any]) -> Any:

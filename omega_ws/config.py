@@ -25,6 +25,7 @@ from typing import Any
 from .config_checks import (
     ConfigError,
     at_least,
+    check_broker,
     check_listen,
     check_public_key,
     check_tls,
@@ -456,11 +457,7 @@ def _validate(config: Config) -> None:
         raise ConfigError(
             f"log.level: {config.log.level!r} is not one of {', '.join(LOG_LEVELS)}"
         )
-    scheme = config.broker.url.partition("://")[0]
-    if scheme != "memory":
-        raise ConfigError(
-            f"broker.url: {config.broker.url!r} is not supported (this version has memory://)"
-        )
+    check_broker(config.broker.url, config.broker.prefix)
     check_tls(s.cert, s.key)
     if config.auth.token_secret is not None and not config.auth.token_secret:
         raise ConfigError("auth.token_secret: must not be empty (leave it unset instead)")

@@ -8,12 +8,27 @@ from __future__ import annotations
 
 from pathlib import Path
 
-__all__ = ["ConfigError", "at_least", "check_listen", "check_public_key", "check_tls",
-           "positive"]
+__all__ = ["ConfigError", "at_least", "check_broker", "check_listen", "check_public_key",
+           "check_tls", "positive"]
 
 
 class ConfigError(ValueError):
     """A configuration value is invalid; the message is one line naming the key."""
+
+
+def check_broker(url: str, prefix: str) -> None:
+    """C{memory://}, or Redis URLs (comma-separated shards) that parse."""
+    if url.startswith("memory://"):
+        return
+    from .broker.redis.layout import parse_broker_url
+    try:
+        parse_broker_url(url)
+    except ValueError as e:
+        raise ConfigError(f"broker.url: {e} (use memory:// or redis://host:port/db, "
+                          "several separated by commas)") from None
+    if not prefix or any(c in prefix for c in "{} \t\r\n"):
+        raise ConfigError(f"broker.prefix: {prefix!r} must be non-empty, without braces or "
+                          "spaces")
 
 
 def at_least(key: str, value: float, minimum: float) -> None:

@@ -18,13 +18,22 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Any, Protocol
 
 from twisted.internet.defer import Deferred, succeed
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
-from .broker import Broker, BrokerUnavailable, Publication, Recovery, Session, StreamPosition
+from .broker import (
+    Broker,
+    BrokerUnavailable,
+    Member,
+    Publication,
+    Recovery,
+    Session,
+    StreamPosition,
+)
+from .broker.interface import SurveyHandler
 from .registry import ClientInfo
 
 __all__ = ["BrokerUnavailable", "Hub", "Joined", "Subscriber"]
@@ -117,6 +126,9 @@ class Hub:
         self._standins: dict[tuple[str, Subscriber], Subscriber] = {}
         self._on_dispatch = on_dispatch
         broker.set_handler(self._dispatch)
+        broker.set_resync_handler(self._resync)
+        broker.cluster.set_presence_source(self._local_members)
+        broker.cluster.set_announce_handler(self._announced)
 
     # -- membership -------------------------------------------------------------
 
@@ -149,13 +161,21 @@ class Hub:
         subscriber is then not subscribed).
         """
         joining = _Joining(subscriber)
+        subscribers = self._channels.get(channel)
+        if subscribers is not None:  # joining again (a resync): no new broker subscription
+            subscribers.discard(self._standins.pop((channel, subscriber), subscriber))
         self.subscribe(channel, joining)
         self._standins[(channel, subscriber)] = joining
+        broker = self.broker
+        # Read only once the broker hands over everything live: then
+        # nothing falls between what is read and what is held.
+        ready = broker.subscribed(channel)
         read: Deferred[Joined]
         if since is None:
-            read = self.broker.position(channel).addCallback(lambda p: Joined(p, []))
+            read = ready.addCallback(lambda _: broker.position(channel)).addCallback(
+                lambda p: Joined(p, []))
         else:
-            read = self.broker.recover(channel, since).addCallback(
+            read = ready.addCallback(lambda _: broker.recover(channel, since)).addCallback(
                 self._recovered, channel, since, best_effort)
 
         def failed(failure: Failure) -> Failure:
@@ -203,6 +223,17 @@ class Hub:
             subscribers.add(new)
             self._standins[(channel, subscriber)] = new
 
+    def _resync(self, channel: str) -> None:
+        """The broker lost part of C{channel}'s live stream: each subscriber rejoins."""
+        for subscriber in self.subscribers(channel):
+            resync = getattr(subscriber, "resync", None)
+            if resync is not None:
+                try:
+                    resync()
+                except Exception:
+                    _log.failure("resync of {subscriber} on {channel} failed",
+                                 subscriber=subscriber, channel=channel)
+
     # -- publishing and reading ---------------------------------------------------
 
     def publish(self, channel: str, data: bytes) -> Deferred[Publication]:
@@ -228,6 +259,34 @@ class Hub:
     def keep_session(self, session: Session, ttl: float) -> Deferred[None]:
         """Hold C{session} for C{ttl} seconds (what a resume will take)."""
         return self.broker.sessions.put(session, ttl)
+
+    # -- what spans the nodes --------------------------------------------------------
+
+    def presence(self, channel: str) -> Deferred[list[Member]]:
+        """Everyone subscribed to C{channel}, on every node sharing the broker."""
+        local = [Member(i.client_id, i.user, i.transport) for i in self.members(channel)]
+        return self.broker.cluster.presence(channel, local)
+
+    def _local_members(self) -> dict[str, list[Member]]:
+        return {channel: [Member(i.client_id, i.user, i.transport)
+                          for i in self.members(channel)] for channel in self._channels}
+
+    def announce(self, channel: str, kind: str, info: bytes) -> None:
+        """Tell the other nodes' subscribers that a client joined or left (JSON C{info})."""
+        self.broker.cluster.announce(channel, kind, info)
+
+    def _announced(self, channel: str, kind: str, info: bytes) -> None:
+        for subscriber in self.subscribers(channel):
+            announced = getattr(subscriber, "announced", None)
+            if announced is not None:
+                announced(kind, info)
+
+    def survey(self, kind: str, request: dict[str, Any]) -> Deferred[list[Any]]:
+        """Every node's answer to C{kind} (see L{Cluster.survey})."""
+        return self.broker.cluster.survey(kind, request)
+
+    def answer_surveys(self, handler: SurveyHandler) -> None:
+        self.broker.cluster.set_survey_handler(handler)
 
     # -- what is here ----------------------------------------------------------------
 

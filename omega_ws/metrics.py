@@ -127,7 +127,12 @@ _BROKER_FIGURES: list[tuple[str, type[GaugeMetricFamily] | type[CounterMetricFam
      "history_total_bytes"),
     ("streams_evicted", CounterMetricFamily,
      "Streams forgotten early to stay within channels.max_streams"),
-    ("sessions", GaugeMetricFamily, "Raw client sessions held"),
+    ("sessions", GaugeMetricFamily, "Raw client sessions held (Redis broker: those live on this node)"),
     ("sessions_evicted", CounterMetricFamily,
      "Raw sessions dropped early to stay within reconnect.max_sessions"),
+    # The Redis broker's.
+    ("resyncs", CounterMetricFamily,
+     "Channels resynced because their live stream broke (a gap, a foreign epoch, a stall)"),
+    ("redis_shards_up", GaugeMetricFamily,
+     "Redis shards this node can publish to and hear from"),
 ]

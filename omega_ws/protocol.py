@@ -35,6 +35,7 @@ from zope.interface import implementer
 
 from . import _compat
 from .addresses import address_key
+from .broker import BrokerUnavailable
 from .closing import close_reason
 from .config import Config
 from .metrics import Metrics
@@ -51,11 +52,13 @@ _INPUT_AFTER_CLOSE = 16384
 _HTTP_REASONS = {400: "bad_request", 401: "unauthorized", 403: "forbidden", 404: "path",
                  409: "client_id_conflict", 426: "not_websocket", 429: "reconnecting_too_often",
                  431: "header_too_large", 500: "internal", 503: "capacity"}
+# Refusals that share a status with another are told apart by their text.
+_REFUSAL_LABELS = {"Broker Unavailable": "broker_unavailable"}
 _HANDSHAKE_LEFTOVERS = ("http_request_data", "http_response_data", "http_headers",
                        "http_status_line", "http_request_uri", "http_request_params",
                        "websocket_extensions", "websocket_protocols")
 _KNOWN_CLOSE_CODES = frozenset(
-    [1000, 1001, 1002, 1003, 1006, 1007, 1008, 1009, 1011, 4000, 4001, 4008,
+    [1000, 1001, 1002, 1003, 1006, 1007, 1008, 1009, 1011, 1013, 4000, 4001, 4008,
      3001, 3005, 3008, 3011, 3012, 3500, 3501, 3502, 3503])
 
 
@@ -123,8 +126,8 @@ class OmegaProtocol(WebSocketServerProtocol):
 
     def failHandshake(self, reason: str, code: int = 400, responseHeaders: Any = None) -> None:
         self.omega.metrics.handshake_refusals.labels(
-            _HTTP_REASONS.get(code, str(code))).inc()
-        if code == 429 and self._retry_after is not None:
+            _REFUSAL_LABELS.get(reason) or _HTTP_REASONS.get(code, str(code))).inc()
+        if code in (429, 503) and self._retry_after is not None:
             responseHeaders = [*(responseHeaders or []), ("Retry-After", str(self._retry_after))]
         super().failHandshake(reason, code, responseHeaders)
 
@@ -154,6 +157,12 @@ class OmegaProtocol(WebSocketServerProtocol):
         return result
 
     def _connect_failed(self, failure: Failure, peer: str) -> Failure:
+        if failure.check(BrokerUnavailable):
+            # A session could not be read: the client should come back soon.
+            _log.warn("handshake from {peer} refused: {error}", peer=peer,
+                      error=str(failure.value))
+            self._retry_after = 1
+            raise ConnectionDeny(503, "Broker Unavailable")
         if not failure.check(ConnectionDeny):
             _log.failure("onConnect failed for {peer}", failure, peer=peer)
             raise ConnectionDeny(500, "Internal Server Error")

@@ -34,7 +34,7 @@ from .auth import ANONYMOUS, Identity, InvalidToken
 from .broker.history import Publication, StreamPosition
 from .broker.sessions import Session, admit
 from .config import valid_channel
-from .hub import Joined
+from .hub import BrokerUnavailable, Joined
 from .jsonutil import parse_json_object
 from .limits import PublishLimit
 from .registry import ClientInfo, ConnectionState
@@ -45,6 +45,7 @@ __all__ = ["RawWire"]
 _log = Logger()
 
 UNSUPPORTED_DATA, INVALID_PAYLOAD, POLICY_VIOLATION = 1003, 1007, 1008
+TRY_AGAIN_LATER = 1013  # the broker could not take a publication
 # How the raw wire ends a connection, for each reason: how, code, text.
 CLOSES: dict[CloseReason, tuple[str, int, str]] = {
     CloseReason.INACTIVE: ("close", 1000, "Inactive client"),
@@ -167,7 +168,7 @@ class RawWire:
             admission = admit(session, now, reconnect.delay, reconnect.max_attempts,
                               replacing=live is not None)
             if not admission.allowed:
-                context.hub.keep_session(session, reconnect.session_ttl)
+                self._keep(session)
                 if not already_blocked:  # this reconnect tripped the threshold
                     _log.warn("client {client_id} ERROR: reconnecting too often, refused for "
                               "{retry_after} s", client_id=self.client_id,
@@ -177,6 +178,14 @@ class RawWire:
         self.session = session
         # Held while live too: a replacement finds it, and its threshold state.
         return context.hub.keep_session(session, reconnect.session_ttl)
+
+    def _keep(self, session: Session) -> None:
+        """Store C{session}; if the broker cannot, the client resumes from less."""
+        self.context.hub.keep_session(
+            session, self.context.config.reconnect.session_ttl).addErrback(
+            lambda failure: _log.warn("session {client_id} not stored: {error}",
+                                      client_id=session.client_id,
+                                      error=failure.getErrorMessage()))
 
     # -- open ---------------------------------------------------------------
 
@@ -194,16 +203,22 @@ class RawWire:
             self._register()
             context.hub.subscribe(self.channel, self)
             return
-        resuming = session.disconnected_at is not None
         # A live connection of this session, still closing, say: the new one
         # takes over from what the old one is known to have delivered.
         replacing = context.registry.get(self.client_id) is not None
+        # A session still marked live with no connection here: its node died
+        # (a shared broker), and what that node last recorded is resumed.
+        resuming = session.disconnected_at is not None or (
+            not replacing and bool(session.positions))
         info.message_count = session.message_count
         info.error_count = session.error_count
         info.reconnect_count = session.reconnect_count + (1 if resuming else 0)
         resume_from = session.positions.get(self.channel)
         self.position = resume_from
         session.disconnected_at = None  # live again
+        session.refresh = self._refresh
+        # Stored again as live: a shared store records it while it lasts.
+        self._keep(session)
         if resuming:
             info.state = ConnectionState.RECONNECTING
         self._register()
@@ -263,6 +278,12 @@ class RawWire:
 
     def _publish_failed(self, failure: Failure) -> None:
         self.info.error_count += 1
+        if failure.check(BrokerUnavailable):
+            # Not taken: say so, rather than drop it in silence (1013: try again later).
+            _log.warn("publish from {client_id} on {channel} refused: {error}",
+                      client_id=self.client_id, channel=self.channel, error=str(failure.value))
+            self.link.close(TRY_AGAIN_LATER, "Broker unavailable")
+            return
         _log.failure("publish from {client_id} on {channel} failed", failure,
                      client_id=self.client_id, channel=self.channel)
 
@@ -300,6 +321,27 @@ class RawWire:
                 self._record()
         while len(marks) > _MARKS_MAX:
             marks.popleft()
+
+    def _refresh(self) -> None:
+        """Before the session is recorded: the position the client's TCP acknowledged."""
+        if self._marks:
+            self._settle(self.link.unacked_bytes())
+
+    def resync(self) -> None:
+        """
+        The broker lost part of the live stream: rejoin from the last
+        publication written (it is on its way), and get what followed it
+        from history.
+        """
+        marks = self._marks
+        position = self.position
+        if marks:
+            since: StreamPosition | None = StreamPosition(marks[-1][1], marks[-1][2])
+        else:
+            since = None if position is None else StreamPosition(position.epoch,
+                                                                  position.offset)
+        self.context.hub.join(self.channel, self, since, best_effort=True).addCallbacks(
+            self._joined, self._join_failed)
 
     def _record(self) -> None:
         """
@@ -343,9 +385,10 @@ class RawWire:
         session.error_count = info.error_count
         session.reconnect_count = info.reconnect_count
         session.disconnected_at = context.clock.seconds()
+        session.refresh = None
         # Whatever the close was, the position is what the client is known to
         # have received (received_at_close is None when the peer vanished and
         # the kernel could not be asked: then only what was settled before).
         self._settle_to(self.link.received_at_close)
         self._record()
-        context.hub.keep_session(session, context.config.reconnect.session_ttl)
+        self._keep(session)

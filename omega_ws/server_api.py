@@ -11,18 +11,19 @@ from __future__ import annotations
 import fnmatch
 import uuid
 from collections.abc import Callable
-from typing import Any
+from typing import Any, TypeVar, cast
 
 from twisted.internet.defer import Deferred, DeferredList, fail
 from twisted.internet.interfaces import IReactorTime
+from twisted.python.failure import Failure
 
 from ._version import __version__
-from .broker import Publication, StreamPosition
+from .broker import Member, Publication, StreamPosition
 from .config import Config, valid_channel
 from .hub import Hub
 from .jsonutil import compact
 from .metrics import Metrics
-from .registry import ClientInfo, Registry
+from .registry import Registry
 
 __all__ = ["ApiError", "ServerApi", "new_node_id"]
 
@@ -31,6 +32,9 @@ INTERNAL, UNAUTHORIZED, UNKNOWN_CHANNEL, PERMISSION_DENIED, METHOD_NOT_FOUND = (
     100, 101, 102, 103, 104)
 LIMIT_EXCEEDED, BAD_REQUEST, UNRECOVERABLE_POSITION = 106, 107, 112
 FORCE_NO_RECONNECT = 3503
+
+T = TypeVar("T")
+Answer = dict[str, Any] | Deferred[dict[str, Any]]
 
 
 class ApiError(Exception):
@@ -60,7 +64,21 @@ def checked_channel(channel: Any) -> str:
     return channel
 
 
-def presence_of(members: list[ClientInfo]) -> dict[str, dict[str, str]]:
+def settled(d: Deferred[T]) -> T | Deferred[T]:
+    """
+    C{d}'s result if it has one already (the memory broker answers at
+    once: so do the methods, for embedding code), else C{d}.
+    """
+    results: list[Any] = []
+    d.addBoth(results.append)
+    if not results:
+        return d
+    if isinstance(results[0], Failure):
+        results[0].raiseException()
+    return cast(T, results[0])
+
+
+def presence_of(members: list[Member]) -> dict[str, dict[str, str]]:
     return {m.client_id: {"client": m.client_id, "user": m.user} for m in members}
 
 
@@ -77,6 +95,9 @@ class ServerApi:
         self.clock = clock
         self.node_id = node_id or new_node_id()
         self._started_at = started_at
+        # channels, info and disconnect are surveys: every node sharing
+        # the broker answers for itself.
+        hub.answer_surveys(self._answer)
 
     def encode(self, data: Any) -> bytes:
         """
@@ -137,36 +158,71 @@ class ServerApi:
 
         return self.hub.history(channel, since, limit, reverse).addCallback(checked)
 
-    def members(self, channel: str, transport: str | None = None) -> list[ClientInfo]:
-        """Who is subscribed to C{channel} (only C{transport}'s clients, if given)."""
-        members = self.hub.members(checked_channel(channel))
-        return [m for m in members if transport is None or m.transport == transport]
+    def members(self, channel: str, transport: str | None = None) -> Deferred[list[Member]]:
+        """Who is subscribed to C{channel} on any node (only C{transport}'s, if given)."""
+        return self.hub.presence(checked_channel(channel)).addCallback(
+            lambda members: [m for m in members if transport is None or m.transport == transport])
 
-    def presence(self, channel: str, transport: str | None = None) -> dict[str, Any]:
-        return {"presence": presence_of(self.members(channel, transport))}
+    # The methods below answer at once when the broker did (memory), else
+    # with a Deferred.
 
-    def presence_stats(self, channel: str, transport: str | None = None) -> dict[str, Any]:
-        members = self.members(channel, transport)
-        return {"num_clients": len(members), "num_users": len({m.user for m in members})}
+    def presence(self, channel: str, transport: str | None = None) -> Answer:
+        return settled(self.members(channel, transport).addCallback(
+            lambda members: {"presence": presence_of(members)}))
 
-    def channels(self, pattern: str = "*") -> dict[str, Any]:
-        hub = self.hub
-        return {"channels": {name: {"num_clients": len(hub.members(name))}
-                             for name in hub.channels() if fnmatch.fnmatchcase(name, pattern)}}
+    def presence_stats(self, channel: str, transport: str | None = None) -> Answer:
+        return settled(self.members(channel, transport).addCallback(
+            lambda members: {"num_clients": len(members),
+                             "num_users": len({m.user for m in members})}))
+
+    def channels(self, pattern: str = "*") -> Answer:
+        def merged(answers: list[Any]) -> dict[str, Any]:
+            counts: dict[str, int] = {}
+            for answer in answers:
+                for name, count in (answer if isinstance(answer, dict) else {}).items():
+                    counts[name] = counts.get(name, 0) + int(count)
+            return {"channels": {name: {"num_clients": n} for name, n in counts.items()}}
+
+        return settled(self.hub.survey("channels", {"pattern": pattern}).addCallback(merged))
 
     def disconnect(self, user: str, client: str | None = None,
-                   code: int = FORCE_NO_RECONNECT, reason: str = "force disconnect") -> None:
-        """Close the user's connections (only C{client}, if given) with C{code}."""
+                   code: int = FORCE_NO_RECONNECT, reason: str = "force disconnect") -> Answer:
+        """Close the user's connections (only C{client}, if given) with C{code}, everywhere."""
         if not 3000 <= code <= 4999:
             raise ApiError(BAD_REQUEST, "bad request: disconnect code must be 3000-4999", 400)
+        return settled(self.hub.survey("disconnect", {"user": user, "client": client,
+                                                      "code": code, "reason": reason}).addCallback(
+            lambda _: {}))
+
+    def info(self) -> Answer:
+        return settled(self.hub.survey("info", {}).addCallback(
+            lambda answers: {"nodes": [a for a in answers if isinstance(a, dict) and a]}))
+
+    def _answer(self, kind: str, request: dict[str, Any]) -> Any:
+        """This node's answer to a survey."""
+        if kind == "channels":
+            pattern = str(request.get("pattern") or "*")
+            hub = self.hub
+            return {name: len(hub.members(name)) for name in hub.channels()
+                    if fnmatch.fnmatchcase(name, pattern)}
+        if kind == "disconnect":
+            self._disconnect_here(str(request.get("user")), request.get("client"),
+                                  int(request.get("code") or FORCE_NO_RECONNECT),
+                                  str(request.get("reason") or "force disconnect"))
+            return {}
+        if kind == "info":
+            return self._node_info()
+        return None
+
+    def _disconnect_here(self, user: str, client: Any, code: int, reason: str) -> None:
         for connection in list(self.registry):
             info = connection.info
             if info.user == user and (client is None or info.client_id == client):
                 connection.close_with(code, reason)
 
-    def info(self) -> dict[str, Any]:
+    def _node_info(self) -> dict[str, Any]:
         connections = list(self.registry)
-        return {"nodes": [{
+        return {
             "uid": self.node_id,
             "name": "omega-ws",
             "version": __version__,
@@ -175,4 +231,4 @@ class ServerApi:
             "num_subs": sum(len(c.info.channels) for c in connections),
             "num_channels": len(self.hub.channels()),
             "uptime": int(self.clock.seconds() - self._started_at()),
-        }]}
+        }

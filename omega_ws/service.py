@@ -30,7 +30,7 @@ from .hub import Hub
 from .metrics import Metrics
 from .registry import Registry
 from .safety import EchoFactory
-from .server_api import ApiError, ServerApi
+from .server_api import ApiError, ServerApi, new_node_id
 from .timers import HeartbeatService, MonitorService
 from .wire import RpcHandler
 
@@ -121,7 +121,8 @@ class OmegaService(MultiService):
         self.config = config
         self.reactor = reactor
         clock = cast(IReactorTime, reactor)
-        self.broker = make_broker(config, clock)
+        node_id = new_node_id()
+        self.broker = make_broker(config, clock, node_id)
         self.tokens = TokenVerifier(config.auth)
         self.metrics = Metrics(lambda: self.registry.counts(), lambda: self.broker.healthy,
                                lambda: self.broker.stats())
@@ -132,7 +133,7 @@ class OmegaService(MultiService):
         # with StartupError.
         self.ready: Deferred[None] = defer.succeed(None)
         self.api = ServerApi(self.hub, self.registry, config, self.metrics, clock,
-                             lambda: self.started_at)
+                             lambda: self.started_at, node_id)
         self.factory = OmegaServerFactory(config, self.hub, self.metrics, self.registry, clock,
                                           self.tokens, self.api)
         self.listeners = [ListenerService(reactor, key, scheme, description, self.factory)
@@ -257,7 +258,8 @@ class OmegaService(MultiService):
         problems = [f"listener {listener.description} is down"
                     for listener in self.listeners if listener.port is None]
         if not self.broker.healthy:
-            problems.append("broker unreachable")
+            reason = self.broker.problem
+            problems.append(f"broker unreachable: {reason}" if reason else "broker unreachable")
         return problems
 
     @property

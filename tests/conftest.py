@@ -6,7 +6,7 @@ asyncio reactor (pytest --reactor=asyncio) runs the server and the
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +16,9 @@ import pytest_twisted
 from omega_ws import Server, start_server
 from omega_ws.config import Config
 from omega_ws.devcert import make_self_signed
+
+from .nodes import Node
+from .redis_server import RedisServer
 
 LOOPBACK = {"server": {"host": "127.0.0.1", "port": 0, "tls_port": 0}, "admin": {"port": 0}}
 
@@ -59,3 +62,57 @@ def cert_pair(tmp_path: Path) -> tuple[Path, Path]:
     cert.write_bytes(cert_pem)
     key.write_bytes(key_pem)
     return cert, key
+
+
+# -- real Redis servers and real omega-ws processes (tests/redis_server.py, tests/nodes.py)
+
+MakeRedis = Callable[..., RedisServer]
+
+
+@pytest.fixture
+def redis_factory(tmp_path: Path) -> Iterator[MakeRedis]:
+    """
+    C{make(*redis_args, binary=None, start=True)}: a RedisServer (started
+    unless C{start=False}, e.g. to hand out its URL first) in a folder under
+    tmp_path; all stopped after the test.
+    """
+    made: list[RedisServer] = []
+
+    def make(*redis_args: str, binary: str | None = None, start: bool = True) -> RedisServer:
+        server = RedisServer(binary, directory=tmp_path / f"redis-{len(made)}",
+                             args=redis_args)
+        made.append(server)
+        return server.start() if start else server
+
+    yield make
+    for server in made:
+        server.stop()
+
+
+@pytest.fixture
+def redis_server(redis_factory: MakeRedis) -> RedisServer:
+    """A started RedisServer (the default binary), stopped after the test."""
+    return redis_factory()
+
+
+StartNode = Callable[..., Node]
+
+
+@pytest.fixture
+def nodes(tmp_path: Path) -> Iterator[StartNode]:
+    """
+    C{start_node(*omega_ws_args, env=None)}: a running C{twistd -n omega-ws}
+    node (see tests/nodes.py), e.g. C{start_node("--broker", redis.url)};
+    all stopped after the test (SIGTERM, then SIGKILL).
+    """
+    started: list[Node] = []
+
+    def start_node(*extra_args: str, env: Mapping[str, str] | None = None,
+                   wait: bool = True) -> Node:
+        node = Node(*extra_args, env=env, cwd=tmp_path / f"node-{len(started)}", wait=wait)
+        started.append(node)
+        return node
+
+    yield start_node
+    for node in started:
+        node.close()

@@ -8,15 +8,12 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import signal
 import socket
 import subprocess
 import sys
-import threading
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
 from websockets.exceptions import ConnectionClosed
@@ -24,68 +21,7 @@ from websockets.sync.client import connect
 
 from omega_ws.devcert import write_pair
 
-BIN = Path(sys.executable).parent
-REPO = Path(__file__).resolve().parent.parent
-TWISTD = [str(BIN / "twistd"), "-n", "omega-ws"]
-PYTHON_M = [sys.executable, "-m", "omega_ws"]
-LOOPBACK_ARGS = ["--host", "127.0.0.1", "--port", "0", "--admin-port", "0"]
-URL_RE = re.compile(r"omega-ws listening on ((?:ws|wss|http)://[0-9.]+:\d+)")
-
-
-def clean_env(**extra: str) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items()
-           if not k.startswith(("WEBSOCKET_", "SSL_", "OMEGA_WS_", "NOTIFY_SOCKET"))}
-    env["PYTHONPATH"] = str(REPO)
-    env.update(extra)
-    return env
-
-
-class Running:
-    """A server process whose stdout is read in the background."""
-
-    def __init__(self, args: list[str], env: dict[str, str], cwd: Path, **popen: Any) -> None:
-        self.proc = subprocess.Popen(args, env=env, cwd=cwd, stdout=subprocess.PIPE,
-                                     stderr=subprocess.STDOUT, text=True, **popen)
-        self.lines: list[str] = []
-        self._urls: list[str] = []
-        self._ready = threading.Event()
-        self._reader = threading.Thread(target=self._read, daemon=True)
-        self._reader.start()
-
-    def _read(self) -> None:
-        assert self.proc.stdout is not None
-        for line in self.proc.stdout:
-            self.lines.append(line)
-            url = self._listening_url(line)
-            if url is not None:
-                self._urls.append(url)
-                if url.startswith("http://"):
-                    self._ready.set()
-        self._ready.set()
-
-    @staticmethod
-    def _listening_url(line: str) -> str | None:
-        if line.startswith("{"):  # --log-format json
-            event = json.loads(line)
-            if event.get("log_format") == "omega-ws listening on {url}":
-                return str(event["url"])
-            return None
-        match = URL_RE.search(line)
-        return match.group(1) if match else None
-
-    def urls(self) -> list[str]:
-        assert self._ready.wait(20), "server did not start:\n" + self.output()
-        assert self._urls, "server did not start:\n" + self.output()
-        return self._urls
-
-    def stop(self, signum: int = signal.SIGTERM) -> int:
-        self.proc.send_signal(signum)
-        code = self.proc.wait(15)
-        self._reader.join(5)
-        return code
-
-    def output(self) -> str:
-        return "".join(self.lines)
+from .nodes import LOOPBACK_ARGS, PYTHON_M, REPO, TWISTD, Running, clean_env
 
 
 @pytest.fixture

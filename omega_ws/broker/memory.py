@@ -5,14 +5,50 @@ process, nothing shared, nothing kept across a restart.
 
 from __future__ import annotations
 
+from typing import Any
+
 from twisted.internet.defer import Deferred, fail, succeed
 from twisted.internet.interfaces import IReactorTime
 
 from .history import Publication, Recovery, StreamPosition, Streams
-from .interface import BrokerUnavailable, PublicationHandler
+from .interface import (
+    AnnounceHandler,
+    BrokerUnavailable,
+    Cluster,
+    Member,
+    PresenceSource,
+    PublicationHandler,
+    ResyncHandler,
+    SurveyHandler,
+)
 from .sessions import MemorySessions, SessionStore
 
-__all__ = ["MemoryBroker"]
+__all__ = ["MemoryBroker", "SingleNode"]
+
+
+class SingleNode:
+    """The cluster of one: presence is the local members, a survey asks this node."""
+
+    def __init__(self) -> None:
+        self._survey_handler: SurveyHandler = lambda kind, request: {}
+
+    def set_presence_source(self, source: PresenceSource) -> None:
+        return None
+
+    def presence(self, channel: str, local: list[Member]) -> Deferred[list[Member]]:
+        return succeed(local)
+
+    def set_announce_handler(self, handler: AnnounceHandler) -> None:
+        return None
+
+    def announce(self, channel: str, kind: str, info: bytes) -> None:
+        return None
+
+    def set_survey_handler(self, handler: SurveyHandler) -> None:
+        self._survey_handler = handler
+
+    def survey(self, kind: str, request: dict[str, Any]) -> Deferred[list[Any]]:
+        return succeed([self._survey_handler(kind, request)])
 
 
 class MemoryBroker:
@@ -38,6 +74,7 @@ class MemoryBroker:
                                 history_total_bytes, max_streams)
         self._sessions = MemorySessions(clock, max_sessions)
         self.sessions: SessionStore = self._sessions
+        self.cluster: Cluster = SingleNode()
         self._running = False
 
     def stats(self) -> dict[str, int]:
@@ -50,6 +87,9 @@ class MemoryBroker:
     def set_handler(self, handler: PublicationHandler) -> None:
         self._handler = handler
 
+    def set_resync_handler(self, handler: ResyncHandler) -> None:
+        return None  # one process: its streams never break
+
     def start(self) -> Deferred[None]:
         self._running = True
         return succeed(None)
@@ -61,6 +101,10 @@ class MemoryBroker:
     @property
     def healthy(self) -> bool:
         return self._running
+
+    @property
+    def problem(self) -> str:
+        return ""  # stopped is all there is to say: "broker unreachable"
 
     def publish(self, channel: str, data: bytes) -> Deferred[Publication]:
         if not self._running:
@@ -77,6 +121,9 @@ class MemoryBroker:
 
     def unsubscribe(self, channel: str) -> None:
         pass
+
+    def subscribed(self, channel: str) -> Deferred[None]:
+        return succeed(None)
 
     def position(self, channel: str) -> Deferred[StreamPosition]:
         return succeed(self._streams.position(channel, self._clock.seconds()))

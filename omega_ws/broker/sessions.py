@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 from collections import OrderedDict
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -33,6 +34,9 @@ class Session:
     # Reconnects in a row, each within reconnect.delay of the disconnect before.
     rapid_reconnects: int = 0
     blocked_until: float = 0.0
+    # Set by the live connection: brings C{positions} up to what the client
+    # is known to have received; a store that records the session calls it.
+    refresh: Callable[[], None] | None = field(default=None, compare=False, repr=False)
 
 
 @dataclass(frozen=True, slots=True)

@@ -1,0 +1,179 @@
+"""
+One Redis shard as a node sees it: a command connection (scripts,
+reads, PUBLISH) and a subscriber connection holding one pub/sub
+subscription per channel that has local subscribers here, plus the
+node's own channel.  After a reconnect it subscribes everything again;
+an end-to-end probe (a PUBLISH to the node's own channel every second,
+which must come back through pub/sub) tells a wedged subscription from a
+quiet one.
+"""
+
+from __future__ import annotations
+
+import secrets
+from collections.abc import Callable
+from typing import Any
+
+from twisted.internet.defer import Deferred, DeferredList, fail, succeed
+
+from ..interface import BrokerUnavailable
+from . import scripts
+from .connector import Connector
+from .layout import RedisAddress
+from .resp import RedisProtocol
+
+__all__ = ["Shard"]
+
+# Channels per SUBSCRIBE command when (re)subscribing everything.
+SUBSCRIBE_BATCH = 512
+
+MessageHandler = Callable[["Shard", bytes, bytes], None]
+
+
+class Shard:
+    """One shard's two connections and what is subscribed on it."""
+
+    def __init__(self, reactor: Any, index: int, address: RedisAddress, own_channels: list[bytes],
+                 on_message: MessageHandler, on_resubscribed: Callable[[Shard], None],
+                 reply_timeout: float = 2.0, probe_timeout: float = 3.0) -> None:
+        self.reactor = reactor
+        self.index = index
+        self.address = address
+        self.generation = ""
+        self.commands = Connector(reactor, address, "commands", self._commands_ready,
+                                  reply_timeout)
+        self.subscriber = Connector(reactor, address, "pub/sub", self._subscriber_ready,
+                                    reply_timeout)
+        self.subscriber.on_lost = self._subscriber_lost
+        self._own = own_channels  # the node's own channel (and the control channel)
+        self._on_message = on_message
+        self._on_resubscribed = on_resubscribed
+        self.probe_timeout = probe_timeout
+        self.wanted: set[bytes] = set()  # pub/sub names with local subscribers
+        self._unconfirmed: dict[bytes, int] = {}  # SUBSCRIBEs sent, not yet confirmed
+        self._confirmed: set[bytes] = set()
+        self._waiters: dict[bytes, list[Deferred[None]]] = {}
+        self._subscriber_connections = 0
+        # When the oldest probe not yet back through pub/sub was sent.
+        self._probe_sent_at: float | None = None
+
+    def start(self) -> None:
+        self.commands.start()
+        self.subscriber.start()
+
+    def stop(self) -> Deferred[Any]:
+        return DeferredList([self.commands.stop(), self.subscriber.stop()])
+
+    @property
+    def problem(self) -> str:
+        """Why this shard cannot carry publications now; empty when it can."""
+        for connector in (self.commands, self.subscriber):
+            if not connector.up:
+                return f"Redis {self.address} ({connector.role}): {connector.problem}"
+        return ""
+
+    # -- the command connection ------------------------------------------------------
+
+    def _commands_ready(self, protocol: RedisProtocol) -> Deferred[Any]:
+        loads = protocol.pipeline([("SCRIPT", "LOAD", s.text) for s in scripts.ALL])
+        return DeferredList(loads, fireOnOneErrback=True, consumeErrors=True).addCallback(
+            lambda _: self._read_generation(protocol))
+
+    def _read_generation(self, protocol: RedisProtocol) -> Deferred[Any]:
+        """This Redis's generation: made once, new whenever Redis lost its data."""
+        key = self._own[0].decode().rsplit(".node.", 1)[0] + ".generation"
+        made, read = protocol.pipeline([("SET", key, secrets.token_hex(8), "NX"), ("GET", key)])
+        made.addErrback(lambda _: None)
+
+        def keep(generation: bytes) -> None:
+            self.generation = generation.decode()
+
+        return read.addCallback(keep)
+
+    # -- the subscriber connection -----------------------------------------------------
+
+    def _subscriber_ready(self, protocol: RedisProtocol) -> None:
+        protocol.enter_pubsub(self)
+        names = list(self._own) + sorted(self.wanted)
+        self._unconfirmed = {}
+        for start in range(0, len(names), SUBSCRIBE_BATCH):
+            batch = names[start:start + SUBSCRIBE_BATCH]
+            for name in batch:
+                self._unconfirmed[name] = self._unconfirmed.get(name, 0) + 1
+            protocol.send("SUBSCRIBE", *batch)
+        # Answered after every confirmation above: then the streams are compared.
+        protocol.send("PING")
+        self._subscriber_connections += 1
+        self._probe_sent_at = None
+
+    def _subscriber_lost(self) -> None:
+        self._confirmed.clear()
+        self._unconfirmed.clear()
+        waiters, self._waiters = self._waiters, {}
+        for waiting in waiters.values():
+            for d in waiting:
+                d.errback(BrokerUnavailable(f"Redis {self.address}: pub/sub connection lost"))
+
+    def subscribe(self, name: bytes) -> None:
+        self.wanted.add(name)
+        protocol = self.subscriber.protocol
+        if protocol is not None:
+            self._unconfirmed[name] = self._unconfirmed.get(name, 0) + 1
+            protocol.send("SUBSCRIBE", name)
+
+    def unsubscribe(self, name: bytes) -> None:
+        self.wanted.discard(name)
+        self._confirmed.discard(name)
+        for d in self._waiters.pop(name, []):
+            d.callback(None)
+        protocol = self.subscriber.protocol
+        if protocol is not None:
+            protocol.send("UNSUBSCRIBE", name)
+
+    def subscribed(self, name: bytes) -> Deferred[None]:
+        """Fires once Redis confirmed the subscription to C{name}."""
+        if name in self._confirmed:
+            return succeed(None)
+        if self.subscriber.protocol is None:
+            return fail(BrokerUnavailable(self.problem or f"Redis {self.address} is unavailable"))
+        d: Deferred[None] = Deferred()
+        self._waiters.setdefault(name, []).append(d)
+        return d
+
+    # PubSubListener
+
+    def message(self, channel: bytes, data: bytes) -> None:
+        if data == b"probe" and channel == self._own[0]:
+            self._probe_sent_at = None
+            return
+        self._on_message(self, channel, data)
+
+    def subscribed_to(self, name: bytes) -> None:
+        left = self._unconfirmed.get(name, 0) - 1
+        if left > 0:
+            self._unconfirmed[name] = left
+            return
+        self._unconfirmed.pop(name, None)
+        if name in self.wanted or name in self._own:
+            self._confirmed.add(name)
+            for d in self._waiters.pop(name, []):
+                d.callback(None)
+
+    def pong(self) -> None:
+        if self._subscriber_connections > 1:
+            self._on_resubscribed(self)
+
+    # -- the probe ---------------------------------------------------------------------
+
+    def probe(self) -> None:
+        """Publish a probe; drop the subscriber connection if the last ones never came."""
+        if self.subscriber.protocol is None or self.commands.protocol is None:
+            self._probe_sent_at = None  # a probe can only be missed while both are up
+            return
+        now = self.reactor.seconds()
+        if self._probe_sent_at is None:
+            self._probe_sent_at = now
+        elif now - self._probe_sent_at > self.probe_timeout:
+            self.subscriber.drop(f"pub/sub delivered no probe within {self.probe_timeout:g} s")
+            return
+        self.commands.execute("PUBLISH", self._own[0], b"probe").addErrback(lambda _: None)
