@@ -139,12 +139,19 @@ class Hub:
             subscribers = self._channels[channel] = set()
             self.broker.subscribe(channel)
         subscribers.add(subscriber)
+        info = getattr(subscriber, "info", None)
+        if isinstance(info, ClientInfo):
+            self.broker.cluster.present(channel, Member(info.client_id, info.user,
+                                                        info.transport))
 
     def unsubscribe(self, channel: str, subscriber: Subscriber) -> None:
         subscribers = self._channels.get(channel)
         if subscribers is None:
             return
         subscribers.discard(self._standins.pop((channel, subscriber), subscriber))
+        info = getattr(subscriber, "info", None)
+        if isinstance(info, ClientInfo):
+            self.broker.cluster.absent(channel, info.client_id)
         if not subscribers:
             del self._channels[channel]
             self.broker.unsubscribe(channel)

@@ -127,7 +127,8 @@ _BROKER_FIGURES: list[tuple[str, type[GaugeMetricFamily] | type[CounterMetricFam
      "history_total_bytes"),
     ("streams_evicted", CounterMetricFamily,
      "Streams forgotten early to stay within channels.max_streams"),
-    ("sessions", GaugeMetricFamily, "Raw client sessions held (Redis broker: those live on this node)"),
+    ("sessions", GaugeMetricFamily,
+     "Raw client sessions held (Redis broker: those live on this node)"),
     ("sessions_evicted", CounterMetricFamily,
      "Raw sessions dropped early to stay within reconnect.max_sessions"),
     # The Redis broker's.

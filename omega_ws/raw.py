@@ -236,6 +236,8 @@ class RawWire:
         if self.position is None:
             self.position = joined.position
             self._record()
+            if self.session is not None:
+                self._keep(self.session)  # where a resume starts, at once
         elif not joined.recovered:
             # History no longer covers the gap: send what it has, and say so.
             self.context.metrics.recovery_gaps.labels("raw").inc()

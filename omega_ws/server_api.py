@@ -70,10 +70,16 @@ def settled(d: Deferred[T]) -> T | Deferred[T]:
     once: so do the methods, for embedding code), else C{d}.
     """
     results: list[Any] = []
-    d.addBoth(results.append)
+
+    def keep(result: Any) -> Any:
+        results.append(result)
+        return result
+
+    d.addBoth(keep)
     if not results:
         return d
     if isinstance(results[0], Failure):
+        d.addErrback(lambda _: None)  # raised here instead
         results[0].raiseException()
     return cast(T, results[0])
 

@@ -59,6 +59,12 @@ class Cluster(Protocol):
     def presence(self, channel: str, local: list[Member]) -> Deferred[list[Member]]:
         """Everyone subscribed to C{channel} on any node; C{local} are this node's."""
 
+    def present(self, channel: str, member: Member) -> None:
+        """C{member} subscribed to C{channel} here (tell the others now, not at a sweep)."""
+
+    def absent(self, channel: str, client_id: str) -> None:
+        """C{client_id} left C{channel} here."""
+
     def set_announce_handler(self, handler: AnnounceHandler) -> None:
         """Join/leave of another node's clients go to C{handler}."""
 

@@ -38,6 +38,12 @@ class SingleNode:
     def presence(self, channel: str, local: list[Member]) -> Deferred[list[Member]]:
         return succeed(local)
 
+    def present(self, channel: str, member: Member) -> None:
+        return None
+
+    def absent(self, channel: str, client_id: str) -> None:
+        return None
+
     def set_announce_handler(self, handler: AnnounceHandler) -> None:
         return None
 

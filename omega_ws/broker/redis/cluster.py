@@ -74,29 +74,44 @@ class RedisCluster:
         self._presence_source = source
 
     def _sweep_presence(self) -> None:
-        broker = self._broker
-        keys = broker.keys
-        node = broker.node_id
+        """Every local member again (their expiry moves on), and those gone removed."""
         now_present: dict[str, set[str]] = {}
         for channel, members in self._presence_source().items():
-            if not members:
-                continue
-            commands = broker.shard_for(channel).commands
-            args: list[Any] = [PRESENCE_TTL]
-            for m in members:
-                args += [m.client_id, json.dumps([m.user, m.transport, node])]
-            now_present[channel] = {m.client_id for m in members}
-            scripts.PRESENCE_ADD.call(commands.execute,
-                                      [keys.presence(channel), keys.presence_expiry(channel)],
-                                      args).addErrback(lambda _: None)
+            if members:
+                self._write_presence(channel, members)
+                now_present[channel] = {m.client_id for m in members}
         for channel, before in self._written.items():
             gone = before - now_present.get(channel, set())
             if gone:
-                commands = broker.shard_for(channel).commands
-                for d in commands.pipeline([("HDEL", keys.presence(channel), *gone),
-                                            ("ZREM", keys.presence_expiry(channel), *gone)]):
-                    d.addErrback(lambda _: None)
+                self._remove_presence(channel, gone)
         self._written = now_present
+
+    def present(self, channel: str, member: Member) -> None:
+        self._write_presence(channel, [member])
+        self._written.setdefault(channel, set()).add(member.client_id)
+
+    def absent(self, channel: str, client_id: str) -> None:
+        written = self._written.get(channel)
+        if written is not None:
+            written.discard(client_id)
+        self._remove_presence(channel, {client_id})
+
+    def _write_presence(self, channel: str, members: list[Member]) -> None:
+        broker = self._broker
+        keys = broker.keys
+        args: list[Any] = [PRESENCE_TTL]
+        for m in members:
+            args += [m.client_id, json.dumps([m.user, m.transport, broker.node_id])]
+        scripts.PRESENCE_ADD.call(broker.shard_for(channel).commands.execute,
+                                  [keys.presence(channel), keys.presence_expiry(channel)],
+                                  args).addErrback(lambda _: None)
+
+    def _remove_presence(self, channel: str, gone: set[str]) -> None:
+        keys = self._broker.keys
+        commands = self._broker.shard_for(channel).commands
+        for d in commands.pipeline([("HDEL", keys.presence(channel), *gone),
+                                    ("ZREM", keys.presence_expiry(channel), *gone)]):
+            d.addErrback(lambda _: None)
 
     def presence(self, channel: str, local: list[Member]) -> Deferred[list[Member]]:
         """Everyone subscribed to C{channel} on any node (this node's from C{local})."""
