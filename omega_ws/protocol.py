@@ -59,7 +59,7 @@ _HANDSHAKE_LEFTOVERS = ("http_request_data", "http_response_data", "http_headers
                        "websocket_extensions", "websocket_protocols")
 _KNOWN_CLOSE_CODES = frozenset(
     [1000, 1001, 1002, 1003, 1006, 1007, 1008, 1009, 1011, 1013, 4000, 4001, 4008,
-     3001, 3005, 3008, 3011, 3012, 3500, 3501, 3502, 3503])
+     3001, 3005, 3008, 3010, 3011, 3012, 3500, 3501, 3502, 3503])
 
 
 class Server(TypingProtocol):

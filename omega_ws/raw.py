@@ -46,6 +46,7 @@ _log = Logger()
 
 UNSUPPORTED_DATA, INVALID_PAYLOAD, POLICY_VIOLATION = 1003, 1007, 1008
 TRY_AGAIN_LATER = 1013  # the broker could not take a publication
+REPLAY_RETRY = 1.0  # seconds between tries of a replay while the broker is away
 # How the raw wire ends a connection, for each reason: how, code, text.
 CLOSES: dict[CloseReason, tuple[str, int, str]] = {
     CloseReason.INACTIVE: ("close", 1000, "Inactive client"),
@@ -252,9 +253,22 @@ class RawWire:
                                              f"resumed, {joined.missed} replayed")
 
     def _join_failed(self, failure: Failure) -> None:
-        _log.failure("replay for {client_id} failed", failure, client_id=self.client_id)
-        self.context.metrics.recovery_gaps.labels("raw").inc()
-        self.context.hub.subscribe(self.channel, self)  # live from now on, at least
+        context = self.context
+        if failure.check(BrokerUnavailable) and self.position is not None:
+            # The broker is away: nothing live meanwhile (it would move the
+            # position past what was missed); the replay is tried again.
+            _log.warn("replay for {client_id} on {channel} waits for the broker: {error}",
+                      client_id=self.client_id, channel=self.channel,
+                      error=failure.getErrorMessage())
+            context.clock.callLater(REPLAY_RETRY, self._replay_again)
+            return
+        if failure.check(BrokerUnavailable):  # nothing to replay: live once it is back
+            _log.warn("{client_id} on {channel}: {error}", client_id=self.client_id,
+                      channel=self.channel, error=failure.getErrorMessage())
+        else:
+            _log.failure("replay for {client_id} failed", failure, client_id=self.client_id)
+            context.metrics.recovery_gaps.labels("raw").inc()
+        context.hub.subscribe(self.channel, self)  # live from now on, at least
         if self.info.state is ConnectionState.RECONNECTING:
             self.context.registry.transition(self.link, ConnectionState.CONNECTED,
                                              "resumed, 0 replayed")
@@ -323,6 +337,10 @@ class RawWire:
                 self._record()
         while len(marks) > _MARKS_MAX:
             marks.popleft()
+
+    def _replay_again(self) -> None:
+        if self.context.registry.get(self.client_id) is self.link:  # still open
+            self.resync()
 
     def _refresh(self) -> None:
         """Before the session is recorded: the position the client's TCP acknowledged."""

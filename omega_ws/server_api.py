@@ -67,7 +67,8 @@ def checked_channel(channel: Any) -> str:
 def settled(d: Deferred[T]) -> T | Deferred[T]:
     """
     C{d}'s result if it has one already (the memory broker answers at
-    once: so do the methods, for embedding code), else C{d}.
+    once: so do the methods, for embedding code), else C{d} (a failure
+    too: it is answered where Deferreds are).
     """
     results: list[Any] = []
 
@@ -79,8 +80,7 @@ def settled(d: Deferred[T]) -> T | Deferred[T]:
     if not results:
         return d
     if isinstance(results[0], Failure):
-        d.addErrback(lambda _: None)  # raised here instead
-        results[0].raiseException()
+        return d  # the caller's errback answers it (503, error 100, ...)
     return cast(T, results[0])
 
 

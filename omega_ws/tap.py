@@ -7,6 +7,7 @@ running take the same options and behave the same.
 
 from __future__ import annotations
 
+import os
 import sys
 from typing import Any
 
@@ -121,7 +122,18 @@ class CommandLineService(MultiService):
 
     def _failed_later(self, failure: Failure) -> None:
         _say(failure.value)
-        self.server.reactor.stop()
+        reactor = self.server.reactor
+        # twistd ends with status 0 whatever stopped its reactor; a start
+        # that failed must not look like a clean stop to systemd.
+        reactor.addSystemEventTrigger("after", "shutdown", _exit_failed)
+        reactor.stop()
+
+
+def _exit_failed() -> None:
+    for stream in (sys.__stdout__, sys.__stderr__):
+        if stream is not None:
+            stream.flush()
+    os._exit(1)
 
 
 def _say(error: BaseException) -> None:

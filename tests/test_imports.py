@@ -105,3 +105,16 @@ def test_modules_and_functions_stay_small() -> None:
                 if length > MAX_FUNCTION_LINES and not name.startswith("omega_ws.bench"):
                     too_long.append(f"{name}.{node.name}: {length} lines")
     assert not too_long, too_long
+
+
+def test_every_package_is_installed() -> None:
+    """A package missing from setup.cfg works from the checkout and not once installed."""
+    import configparser
+
+    config = configparser.ConfigParser()
+    config.read(Path(__file__).parent.parent / "setup.cfg")
+    listed = {p.strip() for p in config["options"]["packages"].split(",")}
+    root = Path(__file__).parent.parent
+    packages = {str(init.parent.relative_to(root)).replace("/", ".")
+                for init in (root / "omega_ws").rglob("__init__.py")}
+    assert packages <= listed, sorted(packages - listed)

@@ -38,10 +38,11 @@ def make_broker(config: Config, clock: IReactorTime, node_id: str | None = None)
     if not url.startswith("memory://"):
         # Imported only when used: the memory broker needs no Redis client.
         from .redis import RedisBroker, parse_broker_url
+        from .redis.layout import redacted
         try:
             shards = parse_broker_url(url)
         except ValueError as e:
-            raise ValueError(f"unsupported broker URL {url!r}: {e}") from None
+            raise ValueError(f"unsupported broker URL {redacted(url)!r}: {e}") from None
         return RedisBroker(clock, shards, node_id or uuid.uuid4().hex,
                            prefix=config.broker.prefix,
                            history_size=channels.history_size,

@@ -158,9 +158,10 @@ class RedisBroker:
         shard = self.shard_for(channel)
         keys = self.keys
         d = scripts.PUBLISH.call(
-            shard.commands.execute, [keys.meta(channel), keys.stream(channel)],
+            shard.commands.execute,
+            [keys.meta(channel), keys.stream(channel), keys.generation],
             [data, self.history_size, self.history_ttl, self.meta_ttl, keys.pubsub(channel),
-             shard.generation, channel, secrets.token_hex(4)])
+             channel, secrets.token_hex(8), shard.run_id])
         return d.addCallbacks(
             lambda reply: Publication(channel, reply[0], reply[1].decode(), data), _unavailable)
 
@@ -168,8 +169,8 @@ class RedisBroker:
         """Everything pub/sub brings: publications, announcements, node traffic."""
         if data[:1] == b"p":
             channel = self.keys.channel_of(name)
-            if channel is None:
-                return
+            if channel is None or not shard.confirmed(name):
+                return  # in flight when this node unsubscribed
             offset, epoch, payload = parse_publication(data)
             verdict = self.live.accept(channel, epoch, offset)
             if verdict is Verdict.DELIVER:
@@ -204,24 +205,43 @@ class RedisBroker:
     def _check_positions(self) -> None:
         """Per channel, not per connection: has the stream moved past what arrived?"""
         for shard in self.shards:
-            self._compare(shard, at_once=False)
+            self._compare(shard, at_once=shard.comparison_owed)
 
     def _resubscribed(self, shard: Shard) -> None:
         """After a reconnect: anything published meanwhile was lost to pub/sub."""
         self._compare(shard, at_once=True)
 
     def _compare(self, shard: Shard, at_once: bool) -> None:
+        """
+        Read the metas of the shard's subscribed channels, then, once every
+        message published before the reads has arrived, compare.
+        C{at_once}: no grace (after a reconnect); owed until it could run.
+        """
         keys = self.keys
+        if shard.commands.protocol is None:
+            return
         channels = [c for c in map(keys.channel_of, sorted(shard.wanted)) if c is not None]
-        if not channels or shard.commands.protocol is None:
+        if at_once:
+            shard.comparison_owed = False
+        if not channels:
             return
         reads = shard.commands.pipeline([("HMGET", keys.meta(c), "e", "s") for c in channels])
-        for channel, read in zip(channels, reads, strict=True):
-            read.addCallback(self._compared, shard, channel, at_once).addErrback(lambda _: None)
+
+        def read(results: list[tuple[bool, Any]]) -> None:
+            def compare() -> None:
+                for channel, (ok, meta) in zip(channels, results, strict=True):
+                    if ok:
+                        self._compared(meta, shard, channel, at_once)
+
+            done = all(ok for ok, _ in results) and shard.after_messages(compare)
+            if at_once and not done:
+                shard.comparison_owed = True  # the next check tries again
+
+        DeferredList(reads, consumeErrors=True).addCallback(read)
 
     def _compared(self, meta: list[bytes | None], shard: Shard, channel: str,
                   at_once: bool) -> None:
-        if self.keys.pubsub(channel) not in shard.wanted:
+        if not shard.confirmed(self.keys.pubsub(channel)):
             return  # unsubscribed meanwhile
         epoch, top = meta
         seen = self.live.last(channel)
@@ -232,10 +252,12 @@ class RedisBroker:
             return
         position = (epoch.decode(), int(top or 0))
         if at_once:
+            # Moved on while pub/sub was away (a stream that went back, Redis
+            # having lost writes, gets a new epoch at its next publication).
             if seen is not None and (position[0] != seen[0] or position[1] > seen[1]):
                 self.live.forget(channel)
                 self.live.learned(channel, *position)
-                self._resync(channel, "publications were made while pub/sub was away")
+                self._resync(channel, f"the stream is at {position}, {seen} arrived")
         elif self.live.check(channel, *position):
             self._resync(channel, f"nothing arrived though the stream is at {position[1]}")
 
@@ -244,8 +266,9 @@ class RedisBroker:
     def _read(self, channel: str, *args: Any) -> Deferred[tuple[str, int, int, Entries]]:
         shard = self.shard_for(channel)
         keys = self.keys
-        d = scripts.READ.call(shard.commands.execute, [keys.meta(channel), keys.stream(channel)],
-                              [shard.generation, channel, self.meta_ttl, *args])
+        d = scripts.READ.call(
+            shard.commands.execute, [keys.meta(channel), keys.stream(channel), keys.generation],
+            [channel, self.meta_ttl, secrets.token_hex(8), *args])
 
         def parsed(reply: list[Any]) -> tuple[str, int, int, Entries]:
             epoch, top = reply[0].decode(), int(reply[1])

@@ -66,6 +66,11 @@ class Connector:
     def up(self) -> bool:
         return self.protocol is not None
 
+    @property
+    def connecting(self) -> RedisProtocol | None:
+        """The connection being set up (C{on_ready} running), if any."""
+        return self._connecting
+
     def start(self) -> None:
         self._running = True
         self._watchdog.start(min(0.5, self.reply_timeout / 4), now=False)

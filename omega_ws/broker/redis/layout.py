@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from urllib.parse import parse_qs, unquote, urlsplit
 
 __all__ = ["Keys", "LiveStreams", "RedisAddress", "Verdict", "fnv1a_64", "jump_hash",
-           "parse_broker_url", "parse_publication"]
+           "parse_broker_url", "parse_publication", "redacted"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -56,8 +56,19 @@ def _host_port(text: str, default: int, url: str) -> tuple[str, int]:
     return host.strip("[]"), _port(port, default, url)
 
 
-def _one_url(url: str) -> RedisAddress:
+def redacted(url: str) -> str:
+    """C{url} with its password replaced by C{***}, for messages and logs."""
     parts = urlsplit(url)
+    if parts.password is None and not parts.username:
+        return url
+    host = parts.netloc.rpartition("@")[2]
+    user = f"{parts.username}:***" if parts.password is not None else "***"
+    return parts._replace(netloc=f"{user}@{host}").geturl()
+
+
+def _one_url(text: str) -> RedisAddress:
+    url = redacted(text)  # what messages show
+    parts = urlsplit(text)
     scheme = parts.scheme
     if scheme not in ("redis", "rediss", "redis+sentinel"):
         raise ValueError(f"{url!r}: the scheme must be redis://, rediss:// or redis+sentinel://")
@@ -70,7 +81,9 @@ def _one_url(url: str) -> RedisAddress:
     try:
         port = parts.port
     except ValueError:
-        raise ValueError(f"{url!r}: the port is not a number from 1 to 65535") from None
+        port = 0
+    if port == 0 and parts.netloc.rpartition("@")[2].rpartition("]")[2].count(":"):
+        raise ValueError(f"{url!r}: the port is not a number from 1 to 65535")
     if not parts.hostname:
         raise ValueError(f"{url!r}: no host")
     if scheme == "redis+sentinel":
@@ -86,7 +99,7 @@ def _one_url(url: str) -> RedisAddress:
 
 
 def _db(text: str, url: str) -> int:
-    if not text.isdigit():
+    if not (text.isascii() and text.isdigit()):
         raise ValueError(f"{url!r}: the database {text!r} is not a number")
     return int(text)
 
@@ -97,11 +110,12 @@ def parse_broker_url(url: str) -> tuple[RedisAddress, ...]:
     @raise ValueError: with what is wrong, for the configuration error.
     """
     urls = [u.strip() for u in url.split(",")]
+    shown = ",".join(redacted(u) for u in urls)
     if not all(urls):
-        raise ValueError(f"{url!r}: an empty URL between commas")
+        raise ValueError(f"{shown!r}: an empty URL between commas")
     addresses = tuple(_one_url(u) for u in urls)
     if len(set(addresses)) != len(addresses):
-        raise ValueError(f"{url!r}: the same Redis is named twice")
+        raise ValueError(f"{shown!r}: the same Redis is named twice")
     return addresses
 
 

@@ -25,28 +25,45 @@ from twisted.python.failure import Failure
 from .resp import RedisError
 
 __all__ = ["ALL", "PRESENCE_ADD", "PRESENCE_READ", "PUBLISH", "READ", "SESSION_PUT",
-           "SESSION_TAKE", "Script"]
+           "Script"]
 
 _EPOCH_TO_BE = """
 local function epoch_to_be(generation, channel, window, now)
   return string.sub(redis.sha1hex(generation .. ':' .. channel .. ':' ..
                                   math.floor(now / tonumber(window))), 1, 8)
 end
+local function generation_of(key, fresh)
+  local generation = redis.call('get', key)
+  if not generation then
+    generation = fresh
+    redis.call('set', key, generation)
+  end
+  return generation
+end
 """
 
-# KEYS: meta, stream.  ARGV: data, history size, history ttl, meta ttl,
-# pub/sub channel, generation, channel, a random epoch.
+# KEYS: meta, stream, generation.  ARGV: data, history size, history ttl,
+# meta ttl, pub/sub channel, channel, a random token, this Redis's run id.
 _PUBLISH = _EPOCH_TO_BE + """
 local now = tonumber(redis.call('time')[1])
-local epoch = redis.call('hget', KEYS[1], 'e')
+local generation = generation_of(KEYS[3], ARGV[7])
+local meta = redis.call('hmget', KEYS[1], 'e', 'r')
+local epoch = meta[1]
+if epoch and meta[2] ~= ARGV[8] then
+  -- Written by an earlier Redis process, which may have had writes this
+  -- one lost (restarted from a snapshot, a failover to a lagging replica):
+  -- offsets must not be given twice in one epoch.
+  epoch = false
+  redis.call('del', KEYS[1])
+end
 if not epoch then
-  if redis.call('exists', KEYS[2]) == 1 then
-    epoch = ARGV[8]
+  if meta[1] or redis.call('exists', KEYS[2]) == 1 then
+    epoch = string.sub(ARGV[7], 1, 8)
     redis.call('del', KEYS[2])
   else
-    epoch = epoch_to_be(ARGV[6], ARGV[7], ARGV[4], now)
+    epoch = epoch_to_be(generation, ARGV[6], ARGV[4], now)
   end
-  redis.call('hset', KEYS[1], 'e', epoch)
+  redis.call('hset', KEYS[1], 'e', epoch, 'r', ARGV[8])
 end
 local offset = redis.call('hincrby', KEYS[1], 's', 1)
 if tonumber(ARGV[2]) > 0 then
@@ -58,15 +75,16 @@ redis.call('publish', ARGV[5], 'p' .. offset .. ' ' .. epoch .. ' ' .. ARGV[1])
 return {offset, epoch}
 """
 
-# KEYS: meta, stream.  ARGV: generation, channel, meta ttl, then for a
-# range: first id, last id, count (-1: all), reverse (1/0).
+# KEYS: meta, stream, generation.  ARGV: channel, meta ttl, a random token,
+# then for a range: first id, last id, count (-1: all), reverse (1/0).
 # Returns {epoch, top offset, now, entries}.
 _READ = _EPOCH_TO_BE + """
 local now = tonumber(redis.call('time')[1])
 local meta = redis.call('hmget', KEYS[1], 'e', 's')
 local epoch, top = meta[1], tonumber(meta[2] or '0')
 if not epoch then
-  return {epoch_to_be(ARGV[1], ARGV[2], ARGV[3], now), 0, now, {}}
+  local generation = generation_of(KEYS[3], ARGV[3])
+  return {epoch_to_be(generation, ARGV[1], ARGV[2], now), 0, now, {}}
 end
 local entries = {}
 if #ARGV > 3 then
@@ -104,17 +122,11 @@ redis.call('zremrangebyscore', KEYS[2], '-inf', now)
 return redis.call('hgetall', KEYS[1])
 """
 
-# KEYS: session.  ARGV: node.  The session's data, now owned by this node.
-_SESSION_TAKE = """
-local data = redis.call('hget', KEYS[1], 'd')
-if data then redis.call('hset', KEYS[1], 'o', ARGV[1]) end
-return data
-"""
-
-# KEYS: session.  ARGV: node, data, ttl.  Writes unless another node took it.
+# KEYS: session.  ARGV: node, data, ttl, claim (1/0).  Writes unless
+# another node owns it, or (claim) whoever owns it: this node does now.
 _SESSION_PUT = """
 local owner = redis.call('hget', KEYS[1], 'o')
-if owner and owner ~= ARGV[1] then return 0 end
+if owner and owner ~= ARGV[1] and ARGV[4] ~= '1' then return 0 end
 redis.call('hset', KEYS[1], 'o', ARGV[1], 'd', ARGV[2])
 redis.call('expire', KEYS[1], ARGV[3])
 return 1
@@ -144,6 +156,5 @@ PUBLISH = Script(_PUBLISH)
 READ = Script(_READ)
 PRESENCE_ADD = Script(_PRESENCE_ADD)
 PRESENCE_READ = Script(_PRESENCE_READ)
-SESSION_TAKE = Script(_SESSION_TAKE)
 SESSION_PUT = Script(_SESSION_PUT)
-ALL = [PUBLISH, READ, PRESENCE_ADD, PRESENCE_READ, SESSION_TAKE, SESSION_PUT]
+ALL = [PUBLISH, READ, PRESENCE_ADD, PRESENCE_READ, SESSION_PUT]

@@ -2,12 +2,14 @@
 Raw clients' sessions in Redis, so that a client can resume on any node.
 
 A session is a hash: C{d} the session as JSON, C{o} the node that owns
-it.  A resume takes it (one script reads it and makes this node the
-owner); while its connection is live here, the node writes it again
-whenever it changed, at most a second late, and only while it still owns
-it: a node that lost the client to another stops writing.  So a node
-killed outright loses at most the last second of positions, which the
-client then receives twice, never a gap.
+it.  The node where the client's connection opens claims it (a session
+with a C{refresh} is live here); while the connection lasts, the node
+writes it again whenever it changed, at most a second late, and at least
+every third of its TTL, and only while it still owns it: a node that lost
+the client to another stops writing, and its last write at the close is
+refused too.  So a node killed outright loses at most the last second of
+positions, which the client then receives twice, never a gap.  Reading a
+session (a handshake that may yet be refused) claims nothing.
 """
 
 from __future__ import annotations
@@ -74,11 +76,9 @@ class RedisSessions:
         return broker.shard_for(client_id).commands, broker.keys.session(client_id)
 
     def get(self, client_id: str) -> Deferred[Session | None]:
-        """The held session, taken: this node records it from now on."""
         commands, key = self._key(client_id)
-        d = scripts.SESSION_TAKE.call(commands.execute, [key], [self._broker.node_id])
-        return d.addCallback(lambda data: None if data is None else decode_session(client_id,
-                                                                                   data))
+        return commands.execute("HGET", key, "d").addCallback(
+            lambda data: None if data is None else decode_session(client_id, data))
 
     def put(self, session: Session, ttl: float) -> Deferred[None]:
         """
@@ -87,19 +87,21 @@ class RedisSessions:
         another node took it.
         """
         client_id = session.client_id
+        held = self._live.get(client_id)
+        claim = session.refresh is not None and (held is None or held[0] is not session)
         if session.refresh is not None:
             session.refresh()
-        data = encode_session(session)
-        if session.disconnected_at is None:
             self._live[client_id] = (session, ttl, b"", 0.0)
         else:
             self._live.pop(client_id, None)
-        return self._write(session, ttl, data).addCallback(lambda _: None)
+        return self._write(session, ttl, encode_session(session), claim).addCallback(
+            lambda _: None)
 
-    def _write(self, session: Session, ttl: float, data: bytes) -> Deferred[int]:
+    def _write(self, session: Session, ttl: float, data: bytes,
+               claim: bool = False) -> Deferred[int]:
         commands, key = self._key(session.client_id)
         d = scripts.SESSION_PUT.call(commands.execute, [key],
-                                     [self._broker.node_id, data, max(1, int(ttl))])
+                                     [self._broker.node_id, data, max(1, int(ttl)), int(claim)])
         return d.addCallback(self._written, session, ttl, data)
 
     def _written(self, owned: int, session: Session, ttl: float, data: bytes) -> int:

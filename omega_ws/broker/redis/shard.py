@@ -10,11 +10,11 @@ quiet one.
 
 from __future__ import annotations
 
-import secrets
+from collections import deque
 from collections.abc import Callable
 from typing import Any
 
-from twisted.internet.defer import Deferred, DeferredList, fail, succeed
+from twisted.internet.defer import Deferred, DeferredList, succeed
 
 from ..interface import BrokerUnavailable
 from . import scripts
@@ -26,6 +26,8 @@ __all__ = ["Shard"]
 
 # Channels per SUBSCRIBE command when (re)subscribing everything.
 SUBSCRIBE_BATCH = 512
+# How long a join waits for its channel's subscription (across a reconnect).
+SUBSCRIBE_WAIT = 5.0
 
 MessageHandler = Callable[["Shard", bytes, bytes], None]
 
@@ -39,7 +41,7 @@ class Shard:
         self.reactor = reactor
         self.index = index
         self.address = address
-        self.generation = ""
+        self.run_id = ""
         self.commands = Connector(reactor, address, "commands", self._commands_ready,
                                   reply_timeout)
         self.subscriber = Connector(reactor, address, "pub/sub", self._subscriber_ready,
@@ -54,6 +56,11 @@ class Shard:
         self._confirmed: set[bytes] = set()
         self._waiters: dict[bytes, list[Deferred[None]]] = {}
         self._subscriber_connections = 0
+        self._after_pong: deque[Callable[[], None]] = deque()
+        # Set after a reconnect until the streams were compared (see broker).
+        self.comparison_owed = False
+        # A probe went missing: unhealthy until one comes back.
+        self._probe_failed = False
         # When the oldest probe not yet back through pub/sub was sent.
         self._probe_sent_at: float | None = None
 
@@ -70,6 +77,8 @@ class Shard:
         for connector in (self.commands, self.subscriber):
             if not connector.up:
                 return f"Redis {self.address} ({connector.role}): {connector.problem}"
+        if self._probe_failed:
+            return f"Redis {self.address} (pub/sub): no probe came back yet"
         return ""
 
     # -- the command connection ------------------------------------------------------
@@ -77,18 +86,25 @@ class Shard:
     def _commands_ready(self, protocol: RedisProtocol) -> Deferred[Any]:
         loads = protocol.pipeline([("SCRIPT", "LOAD", s.text) for s in scripts.ALL])
         return DeferredList(loads, fireOnOneErrback=True, consumeErrors=True).addCallback(
-            lambda _: self._read_generation(protocol))
+            lambda _: self._read_run_id(protocol))
 
-    def _read_generation(self, protocol: RedisProtocol) -> Deferred[Any]:
-        """This Redis's generation: made once, new whenever Redis lost its data."""
-        key = self._own[0].decode().rsplit(".node.", 1)[0] + ".generation"
-        made, read = protocol.pipeline([("SET", key, secrets.token_hex(8), "NX"), ("GET", key)])
-        made.addErrback(lambda _: None)
+    def _read_run_id(self, protocol: RedisProtocol) -> Deferred[Any]:
+        """
+        The Redis process's run id: every meta records the one that wrote
+        it, and a stream written by an earlier process (which may have had
+        writes this one lost) gets a new epoch at its next publication.
+        """
+        def keep(info: bytes) -> None:
+            for line in info.splitlines():
+                if line.startswith(b"run_id:"):
+                    self.run_id = line[7:].strip().decode()
 
-        def keep(generation: bytes) -> None:
-            self.generation = generation.decode()
+        return protocol.execute("INFO", "server").addCallback(keep).addCallback(
+            lambda _: self.reactor.callLater(0, self._commands_up))
 
-        return read.addCallback(keep)
+    def _commands_up(self) -> None:
+        if self.comparison_owed:  # pub/sub came back first: compare now
+            self._on_resubscribed(self)
 
     # -- the subscriber connection -----------------------------------------------------
 
@@ -101,18 +117,31 @@ class Shard:
             for name in batch:
                 self._unconfirmed[name] = self._unconfirmed.get(name, 0) + 1
             protocol.send("SUBSCRIBE", *batch)
-        # Answered after every confirmation above: then the streams are compared.
-        protocol.send("PING")
         self._subscriber_connections += 1
         self._probe_sent_at = None
+        if self._subscriber_connections > 1:
+            # What was published while pub/sub was away is found by comparing
+            # the streams with what arrived: owed until that comparison ran.
+            self.comparison_owed = True
+            self.after_messages(lambda: self._on_resubscribed(self))
+
+    def after_messages(self, action: Callable[[], None]) -> bool:
+        """
+        Run C{action} once everything pub/sub sent so far has arrived (a
+        PING answered on the subscriber connection: Redis answers in order).
+        False if there is no subscriber connection to ask.
+        """
+        protocol = self.subscriber.protocol or self.subscriber.connecting
+        if protocol is None:
+            return False
+        self._after_pong.append(action)
+        protocol.send("PING")
+        return True
 
     def _subscriber_lost(self) -> None:
         self._confirmed.clear()
         self._unconfirmed.clear()
-        waiters, self._waiters = self._waiters, {}
-        for waiting in waiters.values():
-            for d in waiting:
-                d.errback(BrokerUnavailable(f"Redis {self.address}: pub/sub connection lost"))
+        self._after_pong.clear()
 
     def subscribe(self, name: bytes) -> None:
         self.wanted.add(name)
@@ -130,21 +159,38 @@ class Shard:
         if protocol is not None:
             protocol.send("UNSUBSCRIBE", name)
 
+    def confirmed(self, name: bytes) -> bool:
+        """Is C{name} subscribed on the current connection (not just on its way out)?"""
+        return name in self._confirmed
+
     def subscribed(self, name: bytes) -> Deferred[None]:
-        """Fires once Redis confirmed the subscription to C{name}."""
+        """
+        Fires once Redis confirmed the subscription to C{name}: at once, or
+        when the subscriber connection is back (a resubscribe confirms it);
+        fails with L{BrokerUnavailable} after C{SUBSCRIBE_WAIT} seconds.
+        """
         if name in self._confirmed:
             return succeed(None)
-        if self.subscriber.protocol is None:
-            return fail(BrokerUnavailable(self.problem or f"Redis {self.address} is unavailable"))
         d: Deferred[None] = Deferred()
         self._waiters.setdefault(name, []).append(d)
+        self.reactor.callLater(SUBSCRIBE_WAIT, self._waited_too_long, name, d)
         return d
+
+    def _waited_too_long(self, name: bytes, d: Deferred[None]) -> None:
+        waiting = self._waiters.get(name, [])
+        if d in waiting:
+            waiting.remove(d)
+            if not waiting:
+                del self._waiters[name]
+            d.errback(BrokerUnavailable(self.problem or f"Redis {self.address}: no "
+                                        f"subscription within {SUBSCRIBE_WAIT:g} s"))
 
     # PubSubListener
 
     def message(self, channel: bytes, data: bytes) -> None:
         if data == b"probe" and channel == self._own[0]:
             self._probe_sent_at = None
+            self._probe_failed = False
             return
         self._on_message(self, channel, data)
 
@@ -160,8 +206,8 @@ class Shard:
                 d.callback(None)
 
     def pong(self) -> None:
-        if self._subscriber_connections > 1:
-            self._on_resubscribed(self)
+        if self._after_pong:
+            self._after_pong.popleft()()
 
     # -- the probe ---------------------------------------------------------------------
 
@@ -174,6 +220,8 @@ class Shard:
         if self._probe_sent_at is None:
             self._probe_sent_at = now
         elif now - self._probe_sent_at > self.probe_timeout:
+            # Unhealthy until a probe comes back, on the next connection.
+            self._probe_failed = True
             self.subscriber.drop(f"pub/sub delivered no probe within {self.probe_timeout:g} s")
             return
         self.commands.execute("PUBLISH", self._own[0], b"probe").addErrback(lambda _: None)
