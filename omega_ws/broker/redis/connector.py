@@ -17,17 +17,17 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from twisted.internet import ssl
-from twisted.internet.defer import Deferred, fail, inlineCallbacks, maybeDeferred
+from twisted.internet.defer import Deferred, fail, inlineCallbacks, maybeDeferred, succeed
 from twisted.internet.endpoints import HostnameEndpoint, wrapClientTLS
 from twisted.internet.interfaces import IDelayedCall, IStreamClientEndpoint
-from twisted.internet.protocol import Factory
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from ..interface import BrokerUnavailable
 from .layout import RedisAddress
-from .resp import Arg, RedisError, RedisProtocol
+from .resp import Arg, RedisError, RedisProtocol, protocol_factory
+from .sentinel import master_of
 
 __all__ = ["Connector"]
 
@@ -45,7 +45,8 @@ class Connector:
 
     def __init__(self, reactor: Any, address: RedisAddress, role: str,
                  on_ready: Callable[[RedisProtocol], Any],
-                 reply_timeout: float = 2.0, connect_timeout: float = 2.0) -> None:
+                 reply_timeout: float = 2.0, connect_timeout: float = 2.0,
+                 watch_sentinels: bool = False) -> None:
         self.reactor = reactor
         self.address = address
         self.role = role
@@ -61,6 +62,12 @@ class Connector:
         self._connecting: RedisProtocol | None = None
         self._watchdog = LoopingCall(self._check_replies)
         self._watchdog.clock = reactor
+        # Through Sentinel: the master connected to, checked every second.
+        self._master: tuple[str, int] | None = None
+        self._asking = False
+        self._sentinel_watch = LoopingCall(self._watch_sentinels)
+        self._sentinel_watch.clock = reactor
+        self.watch_sentinels = watch_sentinels and bool(address.sentinel)
 
     @property
     def up(self) -> bool:
@@ -74,12 +81,15 @@ class Connector:
     def start(self) -> None:
         self._running = True
         self._watchdog.start(min(0.5, self.reply_timeout / 4), now=False)
+        if self.watch_sentinels:
+            self._sentinel_watch.start(1.0, now=False)
         self._connect()
 
     def stop(self) -> Deferred[None]:
         self._running = False
-        if self._watchdog.running:
-            self._watchdog.stop()
+        for timer in (self._watchdog, self._sentinel_watch):
+            if timer.running:
+                timer.stop()
         if self._pending is not None and self._pending.active():
             self._pending.cancel()
         protocol = self.protocol or self._connecting
@@ -104,7 +114,10 @@ class Connector:
 
     def _demoted(self, failure: Failure) -> Failure:
         """A write refused by a replica: the master moved (a failover); find it again."""
-        if failure.check(RedisError) and str(failure.value).startswith("READONLY"):
+        message = str(failure.value)
+        # Redis 6.2 wraps it when a script wrote: "... -READONLY You can't write ...".
+        if failure.check(RedisError) and (message.startswith("READONLY")
+                                          or "-READONLY " in message):
             self.drop("the server became a replica")
         return failure
 
@@ -125,8 +138,9 @@ class Connector:
     @inlineCallbacks
     def _attempt(self) -> Any:
         host, port = yield self._resolve()
+        self._master = (host, port)
         endpoint = self._endpoint(host, port)
-        protocol = yield endpoint.connect(_factory(self.reactor))
+        protocol = yield endpoint.connect(protocol_factory(self.reactor))
         self._connecting = protocol
         protocol.lost_deferred.addCallback(self._lost, protocol)
         address = self.address
@@ -159,30 +173,28 @@ class Connector:
             endpoint = wrapClientTLS(options, endpoint)
         return endpoint
 
-    @inlineCallbacks
-    def _resolve(self) -> Any:
+    def _resolve(self) -> Deferred[tuple[str, int]]:
         """Where the server is: the address, or the master its Sentinels name."""
         address = self.address
         if not address.sentinel:
-            return (address.host, address.port)
-        errors = []
-        for host, port in address.sentinel:
-            try:
-                protocol = yield HostnameEndpoint(
-                    self.reactor, host, port, timeout=self.connect_timeout
-                ).connect(_factory(self.reactor))
-            except Exception as e:
-                errors.append(f"{host}:{port}: {e}")
-                continue
-            try:
-                reply = yield protocol.execute("SENTINEL", "get-master-addr-by-name",
-                                               address.master)
-            finally:
-                protocol.transport.loseConnection()
-            if reply:
-                return (reply[0].decode(), int(reply[1]))
-            errors.append(f"{host}:{port} knows no master {address.master!r}")
-        raise BrokerUnavailable("no Sentinel answered: " + "; ".join(errors))
+            return succeed((address.host, address.port))
+        return master_of(self.reactor, address, self.connect_timeout)
+
+    def _watch_sentinels(self) -> None:
+        """A failover moved the master: leave the old one now, not when it is demoted."""
+        if self.protocol is None or self._master is None or self._asking:
+            return
+        self._asking = True
+
+        def named(master: tuple[str, int]) -> None:
+            if master != self._master:
+                self.drop(f"the Sentinels name another master, {master[0]}:{master[1]}")
+
+        d = master_of(self.reactor, self.address, self.reply_timeout)
+        d.addCallbacks(named, lambda _: None).addBoth(self._asked)
+
+    def _asked(self, _: object) -> None:
+        self._asking = False
 
     def _failed(self, failure: Failure) -> None:
         protocol, self._connecting = self._connecting, None
@@ -219,12 +231,6 @@ class Connector:
 
 async def _done() -> None:
     return None
-
-
-def _factory(reactor: Any) -> Any:
-    factory = Factory.forProtocol(lambda: RedisProtocol(reactor.seconds))
-    factory.noisy = False  # a line per reconnect would say nothing the broker does not
-    return factory
 
 
 def _describe(failure: Failure) -> str:

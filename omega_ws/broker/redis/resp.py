@@ -24,12 +24,14 @@ from typing import Any, Protocol
 
 import hiredis
 from twisted.internet.defer import Deferred
+from twisted.internet.protocol import Factory
 from twisted.internet.protocol import Protocol as TwistedProtocol
 from twisted.python.failure import Failure
 
 from ..interface import BrokerUnavailable
 
-__all__ = ["PubSubListener", "RedisError", "RedisProtocol", "encode_command"]
+__all__ = ["PubSubListener", "RedisError", "RedisProtocol", "encode_command",
+           "protocol_factory"]
 
 Arg = bytes | str | int | float
 
@@ -150,6 +152,13 @@ class RedisProtocol(TwistedProtocol):
         for d in waiting:
             d.errback(Failure(BrokerUnavailable("the connection to Redis was lost")))
         self.lost_deferred.callback(None)
+
+
+def protocol_factory(reactor: Any) -> Any:
+    """Makes L{RedisProtocol}s timed by C{reactor}."""
+    factory = Factory.forProtocol(lambda: RedisProtocol(reactor.seconds))
+    factory.noisy = False  # a line per reconnect would say nothing the broker does not
+    return factory
 
 
 def _unavailable(message: str) -> Deferred[Any]:

@@ -42,8 +42,10 @@ class Shard:
         self.index = index
         self.address = address
         self.run_id = ""
+        # The command connection follows a failover at once; the subscriber
+        # one is dropped by the probe if it stayed on the old master.
         self.commands = Connector(reactor, address, "commands", self._commands_ready,
-                                  reply_timeout)
+                                  reply_timeout, watch_sentinels=True)
         self.subscriber = Connector(reactor, address, "pub/sub", self._subscriber_ready,
                                     reply_timeout)
         self.subscriber.on_lost = self._subscriber_lost
