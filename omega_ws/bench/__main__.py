@@ -16,6 +16,8 @@ too.
 
 C{python -m omega_ws.bench soak} is something else: a bounded soak of one
 server with random traffic and correctness and resource checks (C{soak.py}).
+C{python -m omega_ws.bench redis} compares omega-ws on the Redis broker (two
+nodes, one Redis) with the memory broker under the same load (C{redis_mode.py}).
 
 Linux only (it reads /proc).  Needs Node.js and the C{websockets} package.
 """
@@ -25,115 +27,21 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import shutil
-import socket
-import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-HERE = Path(__file__).resolve().parent
-CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
-SERVERS = ("omega-ws", "websockets", "autobahn")
-
-
-def fail(message: str) -> None:
-    sys.stderr.write(f"omega-ws bench: error: {message}\n")
-    raise SystemExit(1)
-
-
-def loadgen_dir() -> Path:
-    """Where the load generator is (plain Node.js, no packages)."""
-    if shutil.which("node") is None:
-        fail("Node.js is needed for the load generator")
-    return HERE
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def cpu_seconds(pid: int) -> float:
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / CLOCK_TICKS  # utime + stime
-
-
-def rss_kib(pid: int) -> int:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1])
-    return 0
-
-
-@contextmanager
-def server(kind: str, workdir: Path) -> Iterator[tuple[int, int]]:
-    """Start a server; yields (pid, port); always stops it."""
-    port = free_port()
-    if kind == "omega-ws":
-        config = workdir / "omega-ws.toml"
-        config.write_text(
-            f"[server]\nhost = '127.0.0.1'\nport = {port}\nmax_connections = 20000\n"
-            "backlog = 4096\n[admin]\nenabled = false\n[log]\nlevel = 'warn'\n")
-        command = [sys.executable, "-m", "omega_ws", "--config", str(config)]
-    else:
-        command = [sys.executable, "-m", "omega_ws.bench.peers", kind, str(port)]
-    # Its output goes to a file: a pipe nobody reads would stall it once full.
-    log = (workdir / f"{kind}.log").open("wb")
-    process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT)
-    try:
-        deadline = time.monotonic() + 20
-        while True:
-            if process.poll() is not None:
-                output = (workdir / f"{kind}.log").read_text(errors="replace")[-500:]
-                fail(f"{kind} did not start: {output}")
-            try:
-                socket.create_connection(("127.0.0.1", port), timeout=1).close()
-                break
-            except OSError:
-                if time.monotonic() > deadline:
-                    fail(f"{kind} did not listen within 20 s")
-                time.sleep(0.1)
-        yield process.pid, port
-    finally:
-        process.terminate()
-        try:
-            process.wait(10)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
-        log.close()
-
-
-def loadgen(directory: Path, *args: object, on_event: Any = None,
-            timeout: float = 240) -> dict[str, Any]:
-    """Run the generator; call C{on_event} for each line; return its result line."""
-    command = ["node", str(directory / "loadgen.js"), *map(str, args)]
-    process = subprocess.Popen(command, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
-    assert process.stdout is not None and process.stdin is not None
-    result: dict[str, Any] = {}
-    deadline = time.monotonic() + timeout
-    try:
-        for line in process.stdout:
-            event = json.loads(line)
-            if event["event"] == "error":
-                fail(f"load generator: {event['error']}")
-            if on_event is not None and on_event(event, process):
-                process.stdin.close()
-            if event["event"] == "result":
-                result = event
-            if time.monotonic() > deadline:
-                fail("load generator time limit")
-    finally:
-        if process.poll() is None:
-            process.kill()
-        process.wait()
-    return result
+from .processes import (
+    SERVERS,
+    cpu_seconds,
+    fail,
+    loadgen,
+    loadgen_dir,
+    rss_kib,
+    server,
+)
 
 
 def fanout(directory: Path, pid: int, port: int, subscribers: int, window: int,
@@ -256,10 +164,17 @@ def main(argv: list[str] | None = None) -> None:
 
         soak(argv[1:])
         return
+    if argv[:1] == ["redis"]:  # the Redis broker against the memory broker (redis --help)
+        from .redis_mode import main as redis_mode
+
+        redis_mode(argv[1:])
+        return
     parser = argparse.ArgumentParser(prog="python -m omega_ws.bench", description=__doc__.split(
         "\n\n")[0].strip(), formatter_class=argparse.RawDescriptionHelpFormatter,
         epilog="python -m omega_ws.bench soak [--duration SECONDS] ...: the bounded soak "
-               "(soak --help, docs/soak.md)")
+               "(soak --help, docs/soak.md)\n"
+               "python -m omega_ws.bench redis [--seconds SECONDS] ...: the Redis broker "
+               "against the memory broker (redis --help)")
     parser.add_argument("--subscribers", type=int, default=1000)
     parser.add_argument("--seconds", type=float, default=8.0, help="measured time per run")
     parser.add_argument("--warmup", type=float, default=2.0)

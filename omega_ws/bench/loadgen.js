@@ -4,7 +4,14 @@
 // of CPU.  Loopback only, bounded in time and count.  Prints one JSON object
 // per line.
 //
-//   node loadgen.js fanout     URL SUBS WINDOW SECONDS SIZE WARMUP
+//   node loadgen.js fanout     URL SUBS WINDOW SECONDS SIZE WARMUP [RATE [PUB_URL]]
+//
+// fanout: closed loop, WINDOW messages in flight; or, with RATE > 0, RATE
+// messages/s on a fixed schedule (a tick whose message would make more than
+// WINDOW in flight is skipped and counted as held back).  The publisher
+// connects to PUB_URL when given (another node), the subscribers to URL.
+// A message not delivered to every subscriber within LOST_AFTER_US counts as
+// lost (and, in the closed loop, is replaced) instead of stalling the window.
 //   node loadgen.js idle       URL CONNS
 //   node loadgen.js handshakes URL CONNS CONCURRENCY
 const net = require('node:net');
@@ -14,6 +21,7 @@ const emit = (o) => process.stdout.write(JSON.stringify(o) + '\n');
 const nowUs = () => Number(process.hrtime.bigint() / 1000n);
 const cpuUs = () => { const c = process.cpuUsage(); return c.user + c.system; };
 const target = new URL(url);
+const LOST_AFTER_US = 10e6;
 
 // A minimal WebSocket client on a bare TCP socket: the generator's cost per
 // message must stay well below the server's, or it measures itself.  It
@@ -59,15 +67,15 @@ class Client {
   terminate() { this.socket.destroy(); }
 }
 
-function open() {
+function open(to = target) {
   return new Promise((resolve, reject) => {
-    const socket = net.connect({ host: target.hostname, port: Number(target.port) });
+    const socket = net.connect({ host: to.hostname, port: Number(to.port) });
     socket.setNoDelay(true);
     let head = Buffer.alloc(0);
     const timer = setTimeout(() => { socket.destroy(); reject(new Error('handshake timed out')); }, 30000);
     socket.once('error', (error) => { clearTimeout(timer); reject(error); });
     socket.on('connect', () => socket.write(
-      `GET ${target.pathname} HTTP/1.1\r\nHost: ${target.host}\r\nUpgrade: websocket\r\n` +
+      `GET ${to.pathname} HTTP/1.1\r\nHost: ${to.host}\r\nUpgrade: websocket\r\n` +
       'Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n' +
       'Sec-WebSocket-Version: 13\r\n\r\n'));
     const onData = (chunk) => {
@@ -109,12 +117,13 @@ function percentile(sorted, p) {
   return sorted[Math.min(sorted.length - 1, Math.floor(p * sorted.length))];
 }
 
-async function fanout(subs, window, seconds, size, warmup) {
+async function fanout(subs, window, seconds, size, warmup, rate, pubUrl) {
   const subscribers = await openMany(subs, 200);
-  const publisher = await open();
+  const publisher = await open(pubUrl ? new URL(pubUrl) : target);
   const pending = new Map();  // seq -> deliveries still expected
+  const sentAt = new Map();  // seq -> when it was sent (for the lost ones)
   const latencies = [];
-  let seq = 0, sent = 0, completed = 0, deliveries = 0;
+  let seq = 0, sent = 0, completed = 0, deliveries = 0, published = 0, heldBack = 0, lost = 0;
   let measuring = false, stopping = false;
   let resolveDone;
   const done = new Promise((r) => { resolveDone = r; });
@@ -124,9 +133,18 @@ async function fanout(subs, window, seconds, size, warmup) {
     if (stopping) return;
     seq += 1;
     pending.set(seq, subs);
-    let body = JSON.stringify({ seq, t: nowUs(), pad });
+    const t = nowUs();
+    sentAt.set(seq, t);
+    let body = JSON.stringify({ seq, t, pad });
     publisher.send(body);
     sent += 1;
+    if (measuring) published += 1;
+  }
+  function finished(messageSeq) {
+    pending.delete(messageSeq);
+    sentAt.delete(messageSeq);
+    if (stopping) { if (pending.size === 0) resolveDone(); return; }
+    if (!rate) publish();  // closed loop: one out, one in
   }
   subscribers.forEach((ws, index) => {
     const sample = index % 10 === 0;  // latency from a tenth of the subscribers
@@ -135,19 +153,38 @@ async function fanout(subs, window, seconds, size, warmup) {
       const head = data.toString('latin1', 0, 48);
       const comma = head.indexOf(',', 7);
       const messageSeq = Number(head.slice(7, comma));
+      const expected = pending.get(messageSeq);
+      if (expected === undefined) return;  // counted as lost already
       if (measuring) {
         deliveries += 1;
         if (sample) latencies.push(nowUs() - Number(head.slice(comma + 5, head.indexOf(',', comma + 5))));
       }
-      const left = pending.get(messageSeq) - 1;
-      if (left > 0) { pending.set(messageSeq, left); return; }
-      pending.delete(messageSeq);
+      if (expected > 1) { pending.set(messageSeq, expected - 1); return; }
       if (measuring) completed += 1;
-      if (stopping) { if (pending.size === 0) resolveDone(); return; }
-      publish();  // closed loop: one out, one in
+      finished(messageSeq);
     };
   });
-  for (let i = 0; i < window; i += 1) publish();
+  const sweeper = setInterval(() => {
+    const old = nowUs() - LOST_AFTER_US;
+    for (const [messageSeq, at] of sentAt) {  // oldest first
+      if (at > old) break;
+      lost += 1;
+      finished(messageSeq);
+    }
+  }, 500);
+  let ticker = null;
+  if (rate) {  // a fixed schedule: message i is due at i / rate s
+    const begin = nowUs();
+    let due = 0;
+    ticker = setInterval(() => {
+      const now = Math.floor((nowUs() - begin) * rate / 1e6);
+      for (; due < now; due += 1) {
+        if (pending.size >= window) { if (measuring) heldBack += 1; } else publish();
+      }
+    }, 1);
+  } else {
+    for (let i = 0; i < window; i += 1) publish();
+  }
   await new Promise((r) => setTimeout(r, warmup * 1000));
   measuring = true;
   const start = nowUs(), cpuStart = cpuUs();
@@ -157,11 +194,14 @@ async function fanout(subs, window, seconds, size, warmup) {
   measuring = false;
   emit({ event: 'measured' });
   stopping = true;
+  if (ticker) clearInterval(ticker);
+  if (pending.size === 0) resolveDone();
   await Promise.race([done, new Promise((r) => setTimeout(r, 5000))]);
+  clearInterval(sweeper);
   latencies.sort((a, b) => a - b);
   emit({
-    event: 'result', subscribers: subs, window, seconds: elapsed, messages: completed,
-    deliveries, deliveries_per_s: deliveries / elapsed,
+    event: 'result', subscribers: subs, window, rate, seconds: elapsed, messages: completed,
+    published, held_back: heldBack, lost, deliveries, deliveries_per_s: deliveries / elapsed,
     p50_us: percentile(latencies, 0.5), p99_us: percentile(latencies, 0.99),
     loadgen_cpu_s: cpu,
   });
@@ -187,7 +227,8 @@ async function handshakes(conns, concurrency) {
 
 const number = (i, fallback) => (args[i] === undefined ? fallback : Number(args[i]));
 const runs = {
-  fanout: () => fanout(number(0, 1000), number(1, 20), number(2, 8), number(3, 100), number(4, 2)),
+  fanout: () => fanout(number(0, 1000), number(1, 20), number(2, 8), number(3, 100), number(4, 2),
+                      number(5, 0), args[6]),
   idle: () => idle(number(0, 5000)),
   handshakes: () => handshakes(number(0, 5000), number(1, 500)),
 };
