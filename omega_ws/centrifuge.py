@@ -75,6 +75,8 @@ JSON_SUBPROTOCOL = "centrifuge-json"
 MAX_CHANNELS = 128
 # Commands in one frame; the replies to a frame go out as one message.
 MAX_COMMANDS_PER_FRAME = 100
+
+
 class CentrifugeWire(ServerMethods):
     """The Centrifuge protocol on one connection: several channels, recovery, tokens."""
 

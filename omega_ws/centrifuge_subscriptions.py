@@ -20,6 +20,7 @@ __all__ = ["INSUFFICIENT_STATE", "ChannelSubscriber", "Subscription"]
 # (reconnect, and recover).
 INSUFFICIENT_STATE = 3010
 
+
 class Wire(Protocol):
     """What a subscriber needs of its connection's Centrifuge wire."""
 
