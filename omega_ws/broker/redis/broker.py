@@ -110,7 +110,9 @@ class RedisBroker:
                 self._cluster.start()
                 ready.callback(None)
             elif self.reactor.seconds() - started > self.start_timeout:
-                ready.errback(BrokerUnavailable(self.problem))
+                problem = self.problem
+                self.stop()  # no reconnecting in the background of a failed start
+                ready.errback(BrokerUnavailable(problem))
             else:
                 self.reactor.callLater(0.02, poll)
 
