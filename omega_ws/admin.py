@@ -8,6 +8,9 @@ The admin HTTP listener: health, Prometheus metrics and the server API.
     C{admin.api_key} is set, in the shape of Centrifugo's server API:
     C{{"result": {...}}} on success, C{{"error": {"code", "message"}}}
     otherwise.  The methods are in C{api.py}.
+  - C{GET /}: the live dashboard, and its feed C{GET /dashboard/events}
+    (Server-Sent Events; the key and the origin as for C{/api/*}): in
+    C{dashboard/}, C{docs/dashboard.md}.
 
 What the listener refuses, as soon as a request's head is complete and
 before any of its body is read (L{AdminPolicy.screen}); each refusal is
@@ -15,12 +18,14 @@ answered with C{Connection: close}, the body is drained (up to
 C{_DRAIN_LIMIT}, thrown away) for at most C{_LINGER} seconds so that the
 client reads the answer rather than a reset, and the connection is closed:
 
-  1. C{/api/*} from a browser page of another origin (403, code 103): an
+  1. C{/api/*} (and the dashboard's feed) from a browser page of another
+     origin (403, code 103): an
      C{Origin} that is neither the listener's own nor in
      C{admin.allowed_origins}, or C{Sec-Fetch-Site: cross-site / same-site}
      without an allowed C{Origin}.  Checked before the key.
-  2. C{/api/*} without the right key (401, code 101).  C{OPTIONS} (a CORS
-     preflight, which never carries the key) is exempt.
+  2. C{/api/*} and the dashboard's feed without the right key (401, code
+     101).  C{OPTIONS} (a CORS preflight, which never carries the key) is
+     exempt.
   3. A body on anything but C{POST /api/*} (405 on C{/api}, 413 elsewhere),
      a C{Content-Length} over L{MAX_BODY} (413); a chunked body is counted
      as it streams and refused with 413 once past L{MAX_BODY}.
@@ -60,6 +65,7 @@ from .admin_http import (
 from .api import BAD_REQUEST, INTERNAL, METHOD_NOT_FOUND, UNAUTHORIZED, ApiError, ApiMethod
 from .broker import BrokerUnavailable
 from .config import AdminConfig
+from .dashboard import Dashboard, mount
 from .jsonutil import loads_strict
 
 __all__ = ["MAX_BODY", "AdminPolicy", "Refusal", "make_admin_site", "own_origin"]
@@ -205,17 +211,21 @@ def make_admin_site(
     config: AdminConfig,
     clock: IReactorTime,
     registry: CollectorRegistry | None = None,
+    dashboard: Dashboard | None = None,
 ) -> Site:
     """
     The admin listener's site, with the limits of C{config} (module
     docstring).  C{clock} runs the request deadlines; with a C{registry},
-    refusals are counted in C{omega_ws_admin_refusals_total{reason}}.
+    refusals are counted in C{omega_ws_admin_refusals_total{reason}}; with
+    a C{dashboard}, it is served at C{/}.
     """
     policy = AdminPolicy(config.api_key, config.allowed_origins)
     root = Resource()
     root.putChild(b"health", _Health(problems))
     root.putChild(b"metrics", _Metrics(render_metrics))
     root.putChild(b"api", _Api(methods, policy))
+    if dashboard is not None:
+        mount(root, dashboard, policy, config, clock)
     count: Callable[[str], None] = lambda reason: None  # noqa: E731
     if registry is not None:
         refusals = Counter("omega_ws_admin_refusals",

@@ -40,8 +40,8 @@ from .server_api import (
     UNAUTHORIZED,
 )
 
-__all__ = ["HEADERS_ALLOWED", "MAX_BODY", "AdminPolicy", "AdminSite", "Refusal", "key_matches",
-           "own_origin"]
+__all__ = ["FEED_PATH", "HEADERS_ALLOWED", "MAX_BODY", "AdminPolicy", "AdminSite", "Refusal",
+           "is_feed", "key_matches", "own_origin"]
 
 _log = Logger()
 
@@ -141,6 +141,17 @@ def _first_segment(target: bytes) -> bytes:
     return unquote_to_bytes(path[1:].split(b"/", 1)[0])
 
 
+# The dashboard's live feed (dashboard/feed.py): the key and the origin are
+# checked from the head, as for /api/*; the page and its files are open.
+FEED_PATH = (b"dashboard", b"events")
+
+
+def is_feed(target: bytes) -> bool:
+    """The request is for the dashboard's feed (or below it), as Twisted traverses."""
+    path = target.split(b"?", 1)[0]
+    return tuple(unquote_to_bytes(s) for s in path[1:].split(b"/", 2)[:2]) == FEED_PATH
+
+
 def key_matches(headers: Headers, key: bytes) -> bool:
     given = (headers.getRawHeaders(b"x-api-key") or [b""])[0]
     authorization = (headers.getRawHeaders(b"authorization") or [b""])[0]
@@ -188,13 +199,16 @@ class AdminPolicy:
         chunked; C{local} the address it arrived on.  None: go on.
         """
         has_body = length != 0
-        if _first_segment(target) != b"api":
+        api = _first_segment(target) == b"api"
+        if not api and not is_feed(target):
             return _NO_BODY_HERE if has_body else None
         if self.cross_site(headers, local):
             return _CROSS_SITE
         if (method != b"OPTIONS" and self.api_key is not None
                 and not key_matches(headers, self.api_key)):
             return _UNAUTHORIZED
+        if not api:
+            return _NO_BODY_HERE if has_body else None
         if has_body and method != b"POST":
             return _POST_ONLY
         if length is not None and length > self.max_body:

@@ -113,7 +113,7 @@ def encode_reply(command_id: int, method: str, body: Any) -> bytes:
 # How the Centrifuge wire ends a connection, for each reason: how, code,
 # text, and whether the disconnect push goes first.
 CLOSES: dict[CloseReason, tuple[str, int, str, bool]] = {
-    # As for raw clients (SPEC 7); the SDKs reconnect on codes below 3000.
+    # As for raw clients (docs/protocol-raw.md); the SDKs reconnect on codes below 3000.
     CloseReason.INACTIVE: ("close", 1000, "Inactive client", False),
     CloseReason.REPLACED: ("close", FORCE_RECONNECT, "replaced", True),
     CloseReason.EXPIRED: ("close", EXPIRED, "connection expired", True),

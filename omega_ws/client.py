@@ -12,16 +12,29 @@ Command line, to watch or feed a channel from a terminal::
     python -m omega_ws.client subscribe ws://localhost:9886/news
     python -m omega_ws.client publish ws://localhost:9886/news '{"headline": "hi"}'
 
-C{publish} with no message reads one JSON object per line from stdin.
+C{publish} sends each message as given, byte for byte, once it has checked
+that it is a JSON object; with no message it reads one JSON object per line
+from stdin (each line sent as it is, without its line ending).
+
+Exit status: 0 when done (C{publish} sent everything), 1 when it gave up in
+C{ERROR}, 2 for a usage error or a message that is not a JSON object.
+Stopped by SIGINT (Ctrl-C) or SIGTERM, either command closes its connection
+(1000) and ends quietly, the way a process killed by that signal ends: the
+shell sees 128 + the signal's number (130, 143), C{subprocess} a negative
+return code, systemd a clean stop.  A second signal while it closes ends it
+at once.
 """
 
 from __future__ import annotations
 
 import json
+import os
+import signal
 import sys
 import uuid
 from collections.abc import Callable
-from typing import Any, cast
+from types import FrameType
+from typing import Any, NoReturn, cast
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 from autobahn.twisted.websocket import WebSocketClientFactory, WebSocketClientProtocol
@@ -33,7 +46,7 @@ from twisted.logger import Logger
 from twisted.protocols.basic import LineReceiver
 from twisted.python import usage
 
-from .jsonutil import parse_json_object
+from .jsonutil import loads_strict, parse_json_object
 from .registry import ConnectionState
 
 __all__ = ["RawClient"]
@@ -90,22 +103,30 @@ class RawClient:
         self._stopping = False
         self._retry: IDelayedCall | None = None
         self._first: Deferred[RawClient] | None = None
-        self._stopped: Deferred[None] | None = None
+        self._stopped: list[Deferred[None]] = []  # stop() callers waiting for the close
 
     def start(self) -> Deferred[RawClient]:
         self._first = Deferred()
         self._connect()
         return self._first
 
-    def publish(self, message: dict[str, Any]) -> None:
-        """Send one JSON object; dropped (and logged) while disconnected."""
+    def publish(self, message: dict[str, Any] | str | bytes) -> None:
+        """
+        Send one JSON object: a dict as C{json.dumps} text, a C{str} or
+        C{bytes} (UTF-8) as given, byte for byte (the server closes the
+        connection with 1003 if it is not a JSON object).  Dropped (and
+        logged) while disconnected.
+        """
         if self._protocol is None:
             _log.warn("not connected: message to {url} dropped", url=self.url)
             return
-        self._protocol.sendMessage(json.dumps(message).encode("utf-8"))
+        if isinstance(message, dict):
+            message = json.dumps(message)
+        self._protocol.sendMessage(message.encode("utf-8") if isinstance(message, str)
+                                   else message)
 
     def stop(self) -> Deferred[None]:
-        """Close for good; fires once the connection is closed."""
+        """Close for good; fires once the connection is closed (however often called)."""
         self._stopping = True
         if self._retry is not None and self._retry.active():
             self._retry.cancel()
@@ -113,9 +134,11 @@ class RawClient:
             if self.state is not ConnectionState.ERROR:  # a client that gave up stays so
                 self._set_state(ConnectionState.DISCONNECTED)
             return defer.succeed(None)
-        self._stopped = Deferred()
-        self._protocol.sendClose(1000)
-        return self._stopped
+        stopped: Deferred[None] = Deferred()
+        self._stopped.append(stopped)
+        if len(self._stopped) == 1:
+            self._protocol.sendClose(1000)
+        return stopped
 
     def _connect(self) -> None:
         factory = WebSocketClientFactory(self.url)
@@ -157,8 +180,9 @@ class RawClient:
         self._protocol = None
         if self._stopping:
             self._set_state(ConnectionState.DISCONNECTED)
-            if self._stopped is not None:
-                self._stopped.callback(None)
+            waiting, self._stopped = self._stopped, []
+            for stopped in waiting:
+                stopped.callback(None)
             return
         if opened:
             _log.info("connection to {url} closed ({code} {reason}); reconnecting",
@@ -207,11 +231,37 @@ class _Common(usage.Options):
         self["messages"] = messages
 
 
+class _Subscribe(_Common):
+    synopsis = "[options] URL"
+    longdesc = ("Print every message on the channel at URL on stdout, one per line, and state "
+                "changes on stderr ([CONNECTED], [RECONNECTING], ...), until stopped by Ctrl-C "
+                "or SIGTERM (or given up in [ERROR], exit status 1).")
+
+
+class _Publish(_Common):
+    synopsis = "[options] URL [MESSAGE ...]"
+    longdesc = ("Send each MESSAGE to the channel at URL as given, byte for byte (each must be "
+                "a JSON object), or without any, each line of stdin until end of file; then "
+                "close.  Exit status 2 if a message is not a JSON object (a bad MESSAGE: "
+                "nothing is sent; a bad line: it is skipped).")
+
+
 class _Options(usage.Options):
+    longdesc = ("A raw-protocol client that reconnects with the same client id, so that the "
+                "server replays what was published meanwhile.  Options come after the "
+                "command, before the URL.  Exit status: 0 done, 1 gave up, 2 usage error or "
+                "a message that is not a JSON object; stopped by SIGINT or SIGTERM, it closes "
+                "its connection and ends quietly, as killed by that signal (the shell sees "
+                "130 or 143).")
     subCommands = [
-        ["subscribe", None, _Common, "Print every message on the channel, one per line."],
-        ["publish", None, _Common, "Publish JSON objects (arguments, or lines on stdin)."],
+        ["subscribe", None, _Subscribe, "Print every message on the channel, one per line."],
+        ["publish", None, _Publish, "Publish JSON objects (arguments, or lines on stdin)."],
     ]
+
+    def getSynopsis(self) -> str:
+        if getattr(self, "subCommand", None) is None:
+            return "Usage: python -m omega_ws.client subscribe|publish [options] URL ..."
+        return "Usage: python -m omega_ws.client"  # the subcommand adds its own
 
     def postOptions(self) -> None:
         if self.subCommand is None:
@@ -219,41 +269,125 @@ class _Options(usage.Options):
 
 
 class _StdinPublisher(LineReceiver):
-    """Publishes each line of standard input; a line that is not a JSON object is skipped."""
+    """
+    Publishes each line of standard input as it is (without its line
+    ending); a line that is not a JSON object is skipped, with exit status 2.
+    """
 
     delimiter = b"\n"
 
-    def __init__(self, client: RawClient, status: list[int], done: Callable[[], None]) -> None:
-        self.client = client
-        self.status = status
-        self.done = done
+    def __init__(self, command: _Command) -> None:
+        self.command = command
         self.number = 0
 
     def lineReceived(self, line: bytes) -> None:
         self.number += 1
+        line = line.removesuffix(b"\r")
         if not line.strip():
             return
-        message = parse_json_object(line)
-        if message is None:  # skipped: the server would close the connection
+        if parse_json_object(line) is None:  # skipped: the server would close the connection
             sys.stderr.write(f"omega-ws client: error: line {self.number}: "
                              "not a JSON object\n")
-            self.status[0] = 2
+            self.command.status = 2
             return
-        self.client.publish(message)
+        self.command.client.publish(line)
 
     def connectionLost(self, reason: object = None) -> None:
-        self.client.stop().addBoth(lambda _: self.done())
+        self.command.client.stop().addBoth(self.command.stop)
 
 
-def _check_messages(messages: list[str]) -> None:
-    """Each message given on the command line must be a JSON object (exit 2)."""
+def _check_messages(messages: tuple[str, ...]) -> list[bytes]:
+    """
+    Each message given on the command line, as the bytes it was given as;
+    each must be a JSON object (else exit 2, nothing sent).
+    """
+    checked = []
     for message in messages:
+        raw = os.fsencode(message)  # the bytes of the argument, even if not UTF-8
         try:
-            if not isinstance(json.loads(message), dict):
+            if not isinstance(loads_strict(raw.decode("utf-8")), dict):
                 raise ValueError("not a JSON object")
         except ValueError as e:
             sys.stderr.write(f"omega-ws client: error: {message!r}: {e}\n")
             raise SystemExit(2) from None
+        checked.append(raw)
+    return checked
+
+
+class _Command:
+    """One run of the command line: the client, and how the process ends."""
+
+    def __init__(self, options: _Options, messages: list[bytes], reactor: Any) -> None:
+        common = options.subOptions
+        self.reactor = reactor
+        self.subscribe = options.subCommand == "subscribe"
+        self.messages = messages
+        self.status = 0
+        self.signal: int | None = None  # the signal that stopped it
+        self.stopping = False
+        self.client = RawClient(
+            common["url"], self.show if self.subscribe else (lambda text: None),
+            client_id=common["client-id"], token=common["token"],
+            reconnect_delay=common["reconnect-delay"], max_attempts=common["max-attempts"],
+            on_state=self.state_changed,
+            trust_root=common["cafile"], reactor=reactor)
+
+    def show(self, text: str) -> None:
+        sys.stdout.write(text + "\n")
+        sys.stdout.flush()
+
+    def state_changed(self, state: ConnectionState) -> None:
+        sys.stderr.write(f"[{state.value}]\n")
+        if state is ConnectionState.ERROR:
+            self.status = 1
+            self.stop()
+
+    def stop(self, _: object = None) -> None:
+        """Stop the reactor, once, whatever asks first (so never ReactorNotRunning)."""
+        if not self.stopping:
+            self.stopping = True
+            self.reactor.stop()
+
+    def signalled(self, signum: int, frame: FrameType | None) -> None:
+        if self.stopping:  # a second signal, or one while it closes: no more waiting
+            self.end(signum)
+        self.signal = signum
+        self.reactor.callFromThread(self.stop)
+
+    def publish_all(self, _: object) -> None:
+        if self.messages:
+            for message in self.messages:
+                self.client.publish(message)
+            self.client.stop().addBoth(self.stop)
+            return
+        from twisted.internet import stdio
+
+        stdio.StandardIO(_StdinPublisher(self))
+
+    def run(self) -> NoReturn:
+        # Twisted's own handlers would stop the reactor but not say which
+        # signal it was; an ignored SIGINT (a background job) stays ignored.
+        signal.signal(signal.SIGTERM, self.signalled)
+        if signal.getsignal(signal.SIGINT) is signal.default_int_handler:
+            signal.signal(signal.SIGINT, self.signalled)
+        started = self.client.start()
+        # However it stops: close the connection, rather than watch it reconnect.
+        self.reactor.addSystemEventTrigger("before", "shutdown", self.client.stop)
+        if not self.subscribe:
+            started.addCallback(self.publish_all)
+        started.addErrback(lambda failure: None)
+        self.reactor.run(installSignalHandlers=False)
+        self.end(self.signal)
+
+    def end(self, signum: int | None) -> NoReturn:
+        """Exit with the status, or as killed by C{signum} (the shell sees 128 + it)."""
+        sys.stdout.flush()
+        sys.stderr.flush()
+        if signum is not None:
+            signal.signal(signum, signal.SIG_DFL)
+            os.kill(os.getpid(), signum)
+            raise SystemExit(128 + signum)  # only if the signal did not end it
+        raise SystemExit(self.status)
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -261,47 +395,15 @@ def main(argv: list[str] | None = None) -> None:
     try:
         options.parseOptions(sys.argv[1:] if argv is None else argv)
         common = options.subOptions
-        delay, attempts = float(common["reconnect-delay"]), int(common["max-attempts"])
+        common["reconnect-delay"] = float(common["reconnect-delay"])
+        common["max-attempts"] = int(common["max-attempts"])
     except (usage.UsageError, ValueError) as e:
         sys.stderr.write(f"omega-ws client: error: {e}\n")
         raise SystemExit(2) from None
-    from twisted.internet import reactor, stdio
+    messages = [] if options.subCommand == "subscribe" else _check_messages(common["messages"])
+    from twisted.internet import reactor
 
-    status = [0]
-
-    def show(text: str) -> None:
-        sys.stdout.write(text + "\n")
-        sys.stdout.flush()
-
-    def state_changed(state: ConnectionState) -> None:
-        sys.stderr.write(f"[{state.value}]\n")
-        if state is ConnectionState.ERROR:
-            status[0] = 1
-            reactor.stop()
-
-    client = RawClient(common["url"], show if options.subCommand == "subscribe" else
-                       (lambda text: None), client_id=common["client-id"],
-                       token=common["token"], reconnect_delay=delay, max_attempts=attempts,
-                       on_state=state_changed, trust_root=common["cafile"])
-
-    def publish_all(_: object) -> None:
-        if common["messages"]:
-            for message in common["messages"]:
-                client.publish(json.loads(message))
-            client.stop().addBoth(lambda _: reactor.stop())
-            return
-        stdio.StandardIO(_StdinPublisher(client, status, reactor.stop))
-
-    if options.subCommand == "publish":
-        _check_messages(common["messages"])
-    started = client.start()
-    # SIGTERM, SIGINT: close the connection, rather than watch it reconnect.
-    reactor.addSystemEventTrigger("before", "shutdown", client.stop)
-    if options.subCommand == "publish":
-        started.addCallback(publish_all)
-    started.addErrback(lambda failure: None)
-    reactor.run()
-    raise SystemExit(status[0])
+    _Command(options, messages, reactor).run()
 
 
 if __name__ == "__main__":

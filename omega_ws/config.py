@@ -280,10 +280,10 @@ def _read_toml(path: Path) -> dict[str, Any]:
             document = tomllib.load(stream)
     except OSError as e:
         raise ConfigError(f"config file {path}: cannot read it ({e.strerror})") from None
+    except tomllib.TOMLDecodeError as e:  # before ValueError: it is one
+        raise ConfigError(f"config file {path}: invalid TOML ({e})") from None
     except ValueError as e:  # a NUL byte in the path
         raise ConfigError(f"config file {path!r}: not a valid path ({e})") from None
-    except tomllib.TOMLDecodeError as e:
-        raise ConfigError(f"config file {path}: invalid TOML ({e})") from None
     flat = _flatten(document, f"config file {path}")
     return _resolve_paths(flat, path.resolve().parent)
 

@@ -33,6 +33,9 @@ from .wire import Link, RpcHandler, Wire, WireContext
 
 __all__ = ["OmegaServerFactory"]
 
+# At shutdown, how often to look for handshakes that have completed since.
+_HANDSHAKE_POLL = 0.05
+
 
 @implementer(IProtocolNegotiationFactory)
 class OmegaServerFactory(Http11OverAlpn, WebSocketServerFactory):
@@ -127,18 +130,33 @@ class OmegaServerFactory(Http11OverAlpn, WebSocketServerFactory):
         if not self.connections:
             return succeed(None)
         drained = self._drained = Deferred()
-        for protocol in tuple(self.connections):
-            protocol.close_for_shutdown()
+        calls: list[IDelayedCall] = []
+        closed: set[OmegaProtocol] = set()
+
+        def close_opened() -> None:
+            # A handshake under way is left to finish, then closed like the
+            # rest: its client is told to reconnect instead of being reset.
+            waiting = False
+            for protocol in self.connections - closed:
+                if protocol.state == protocol.STATE_CONNECTING:
+                    waiting = True
+                else:
+                    closed.add(protocol)
+                    protocol.close_for_shutdown()
+            if waiting:
+                calls.append(self.clock.callLater(_HANDSHAKE_POLL, close_opened))
 
         def abort_stragglers() -> None:
             for protocol in tuple(self.connections):
                 protocol.abort()
 
-        straggler_call: IDelayedCall = self.clock.callLater(timeout, abort_stragglers)
+        close_opened()
+        calls.append(self.clock.callLater(timeout, abort_stragglers))
 
         def done(result: None) -> None:
-            if straggler_call.active():
-                straggler_call.cancel()
+            for call in calls:
+                if call.active():
+                    call.cancel()
 
         drained.addCallback(done)
         return drained

@@ -9,6 +9,8 @@ L{start_server} / L{stop_server} run one from a script or a test.
 
 from __future__ import annotations
 
+import os
+import socket
 from collections.abc import Mapping
 from typing import Any, cast
 
@@ -25,6 +27,7 @@ from .api import api_methods
 from .auth import TokenVerifier
 from .broker import Publication, make_broker
 from .config import Config, load_config
+from .dashboard import Dashboard
 from .factory import OmegaServerFactory
 from .hub import Hub
 from .metrics import Metrics
@@ -40,6 +43,8 @@ _log = Logger()
 
 # How long shutdown waits for clients to answer the close before dropping them.
 SHUTDOWN_GRACE = 3.0
+# How long it then waits for admin requests under way before stopping the broker.
+ADMIN_GRACE = 1.0
 
 
 class StartupError(Exception):
@@ -61,6 +66,24 @@ def listener_descriptions(config: Config) -> list[tuple[str, str, str]]:
             f":privateKey={_quote(s.key)}:certKey={_quote(s.cert)}")))
     listeners.extend(("server.listen", "ws", description) for description in s.listen)
     return listeners
+
+
+def admin_description(config: Config, reactor: Any) -> str:
+    """
+    The admin listener's endpoint string: an inherited socket named C{admin}
+    (socket activation, C{python -m omega_ws.handoff}) when there is one, so
+    that a restart hands it over too; else admin.host and admin.port.
+    """
+    try:
+        inherited = endpoints.serverFromString(reactor, "systemd:domain=INET:name=admin")
+    except (KeyError, ValueError):  # no socket of that name
+        return f"tcp:{config.admin.port}:interface={_quote(config.admin.host)}"
+    try:
+        with socket.socket(fileno=os.dup(getattr(inherited, "fileno", -1))) as sock:
+            domain = socket.AddressFamily(sock.family).name.removeprefix("AF_")
+    except (OSError, TypeError, ValueError):
+        domain = "INET"  # not a socket: adopting it says so
+    return f"systemd:domain={domain}:name=admin"
 
 
 class ListenerService(Service):
@@ -144,20 +167,29 @@ class OmegaService(MultiService):
                 f"tcp:{config.server.testee_port}:interface={_quote(config.server.host)}",
                 EchoFactory(config)))
         self.admin: ListenerService | None = None
+        # The live dashboard's figures and feeds (GET / on the admin listener).
+        self.dashboard = Dashboard(self, clock)
         if config.admin.enabled:
+            self.dashboard.setServiceParent(self)
             site = make_admin_site(self.problems, self.metrics.render, api_methods(self),
-                                   config.admin, clock, self.metrics.registry)
-            self.admin = ListenerService(
-                reactor, "admin.port", "http",
-                f"tcp:{config.admin.port}:interface={_quote(config.admin.host)}", site)
+                                   config.admin, clock, self.metrics.registry, self.dashboard)
+            self.admin = ListenerService(reactor, "admin.port", "http",
+                                         admin_description(config, reactor), site)
         self.heartbeat = HeartbeatService(self.registry, clock, config.heartbeat.ping_interval,
                                           config.heartbeat.ping_timeout)
         self.monitor = MonitorService(self.registry, clock, config.monitor.interval,
                                       config.monitor.idle_timeout, self.metrics.totals,
                                       (self.broker.housekeeping, self._close_expired,
-                                       self._prune_buckets))
+                                       self._prune_buckets),
+                                      status=lambda: systemd.status_line(
+                                          self.registry.counts(), len(self.hub.channels()),
+                                          self.broker.healthy, self.broker.problem))
         for child in (self.heartbeat, self.monitor):
             child.setServiceParent(self)
+        # systemd's WatchdogSec=: pings from the reactor, from READY=1 to the drain's end.
+        watchdog = systemd.watchdog_interval()
+        if watchdog is not None:
+            systemd.WatchdogService(clock, watchdog).setServiceParent(self)
 
     def _close_expired(self, now: float) -> None:
         """
@@ -184,6 +216,7 @@ class OmegaService(MultiService):
     def _count_delivery(self, publication: Publication, subscribers: int) -> None:
         self.metrics.messages_delivered.inc(subscribers)
         self.metrics.bytes_out.inc(subscribers * len(publication.data))
+        self.dashboard.seen(publication)
 
     # -- lifecycle ------------------------------------------------------------
 
@@ -201,6 +234,10 @@ class OmegaService(MultiService):
                 self.config.admin.host):
             _log.warn("admin API on {host!r} is open to the network without admin.api_key",
                       host=self.config.admin.host)
+        if self.config.server.cert and not systemd.executable_memory_allowed():
+            raise StartupError("server.cert: wss:// cannot work here: pyOpenSSL needs writable "
+                               "and executable memory, which this process may not map (systemd's "
+                               "MemoryDenyWriteExecute=yes?)")
         _raise_file_limit(self.config)
         # Nothing listens before the broker can take publications.  A broker
         # that answers at once (memory) starts everything now, so that a bind
@@ -240,13 +277,20 @@ class OmegaService(MultiService):
         systemd.notify("STOPPING=1")
         _log.info("omega-ws shutting down: closing {count} connections",
                   count=len(self.factory.connections))
-        listening = [listener.stopService() for listener in self.listeners]
+        # An inherited admin socket (a rolling restart, docs/restarts.md) has
+        # another process to answer it: stop taking requests at once too.
+        handed_over = [self.admin] if self.admin and self.admin.description.startswith(
+            "systemd:") else []
+        listening = [listener.stopService() for listener in [*self.listeners, *handed_over]]
         d: Deferred[Any] = defer.gatherResults([r for r in listening if r is not None])
-        d.addBoth(lambda _: self.factory.close_all(SHUTDOWN_GRACE))
+        # Under systemd, EXTEND_TIMEOUT_USEC= for as long as the drain lasts.
+        d.addBoth(lambda _: systemd.extend_timeout_while(
+            self.factory.close_all(SHUTDOWN_GRACE), self.reactor, SHUTDOWN_GRACE))
         d.addBoth(lambda _: defer.maybeDeferred(super(OmegaService, self).stopService))
         if self.admin is not None:
             admin = self.admin
             d.addBoth(lambda _: admin.stopService())
+            d.addBoth(lambda _: _answered(admin, self.reactor, ADMIN_GRACE))
         d.addBoth(lambda _: self.broker.stop())
         d.addBoth(lambda _: _log.info("omega-ws stopped"))
         return d
@@ -279,6 +323,25 @@ class OmegaService(MultiService):
             return self.api.publish(channel, payload)
         except ApiError as e:
             raise ValueError(e.message) from None
+
+
+def _answered(admin: ListenerService, clock: IReactorTime, timeout: float) -> Deferred[None]:
+    """
+    Fires once the admin listener's connections have ended (the requests
+    under way answered: the broker they may need stops next), or after
+    C{timeout} (idle keep-alive connections).
+    """
+    deadline = clock.seconds() + timeout
+    done: Deferred[None] = Deferred()
+
+    def check() -> None:
+        if getattr(admin.factory, "open_connections", 0) <= 0 or clock.seconds() >= deadline:
+            done.callback(None)
+        else:
+            clock.callLater(0.02, check)
+
+    check()
+    return done
 
 
 def _raise_file_limit(config: Config) -> None:

