@@ -34,7 +34,7 @@ from .metrics import Metrics
 from .registry import Registry
 from .safety import EchoFactory
 from .server_api import ApiError, ServerApi, new_node_id
-from .timers import HeartbeatService, MonitorService
+from .timers import HeartbeatService, MonitorService, WatchdogService
 from .wire import RpcHandler
 
 __all__ = ["OmegaService", "Server", "StartupError", "makeService", "start_server", "stop_server"]
@@ -189,7 +189,7 @@ class OmegaService(MultiService):
         # systemd's WatchdogSec=: pings from the reactor, from READY=1 to the drain's end.
         watchdog = systemd.watchdog_interval()
         if watchdog is not None:
-            systemd.WatchdogService(clock, watchdog).setServiceParent(self)
+            WatchdogService(clock, watchdog).setServiceParent(self)
 
     def _close_expired(self, now: float) -> None:
         """

@@ -10,7 +10,8 @@ What omega-ws sends (see docs/systemd.md):
     (L{status_line}, sent by L{omega_ws.timers.MonitorService});
   - C{WATCHDOG=1} every C{WATCHDOG_USEC / 2} from a LoopingCall on the
     reactor, when systemd set C{WATCHDOG_USEC} for this process
-    (L{WatchdogService}): a reactor that no longer turns stops pinging;
+    (L{omega_ws.timers.WatchdogService}): a reactor that no longer turns
+    stops pinging;
   - C{EXTEND_TIMEOUT_USEC=} while the shutdown drain waits for clients
     (L{extend_timeout_while}).
 """
@@ -22,13 +23,12 @@ import socket
 from collections.abc import Mapping
 from typing import TypeVar
 
-from twisted.application.service import Service
 from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IReactorTime
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 
-__all__ = ["WatchdogService", "extend_timeout_while", "executable_memory_allowed", "notify",
+__all__ = ["extend_timeout_while", "executable_memory_allowed", "notify",
            "notifying", "status_line", "watchdog_interval"]
 
 _log = Logger()
@@ -132,35 +132,6 @@ def watchdog_interval(environ: Mapping[str, str] | None = None,
         _log.warn("ignoring WATCHDOG_USEC={usec!r}: not a positive number", usec=usec)
         return None
     return value / 2_000_000
-
-
-class WatchdogService(Service):
-    """
-    C{WATCHDOG=1} every C{interval} seconds from a LoopingCall on C{clock}
-    (the reactor), from start to stop.  It pings whatever the broker's
-    health: systemd's watchdog says the process is alive (its reactor
-    turns); a Redis outage is the broker's to ride out, and a restart would
-    only drop every client without bringing Redis back.
-    """
-
-    def __init__(self, clock: IReactorTime, interval: float,
-                 environ: Mapping[str, str] | None = None) -> None:
-        self.clock = clock
-        self.interval = interval
-        self.environ = environ
-        self._loop: LoopingCall | None = None
-
-    def startService(self) -> None:
-        super().startService()
-        self._loop = LoopingCall(notify, "WATCHDOG=1", self.environ)
-        self._loop.clock = self.clock
-        self._loop.start(self.interval, now=False)
-
-    def stopService(self) -> None:
-        super().stopService()
-        if self._loop is not None and self._loop.running:
-            self._loop.stop()
-        self._loop = None
 
 
 # -- EXTEND_TIMEOUT_USEC= --------------------------------------------------------------

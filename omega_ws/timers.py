@@ -11,7 +11,7 @@ failures, since one exception would end a LoopingCall for good.
 from __future__ import annotations
 
 import functools
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 
 from twisted.application.service import Service
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
@@ -21,7 +21,7 @@ from twisted.logger import Logger
 from . import systemd
 from .registry import Registry
 
-__all__ = ["HeartbeatService", "MonitorService"]
+__all__ = ["HeartbeatService", "MonitorService", "WatchdogService"]
 
 _log = Logger()
 
@@ -61,6 +61,24 @@ class _SweepService(Service):
 
     def tick(self) -> None:
         raise NotImplementedError
+
+
+class WatchdogService(_SweepService):
+    """
+    C{WATCHDOG=1} to systemd every C{interval} seconds from a LoopingCall on
+    C{clock} (the reactor), from start to stop.  It pings whatever the
+    broker's health: systemd's watchdog says the process is alive (its
+    reactor turns); a Redis outage is the broker's to ride out, and a
+    restart would only drop every client without bringing Redis back.
+    """
+
+    def __init__(self, clock: IReactorTime, interval: float,
+                 environ: Mapping[str, str] | None = None) -> None:
+        super().__init__(clock, interval)
+        self.environ = environ
+
+    def tick(self) -> None:
+        systemd.notify("WATCHDOG=1", self.environ)
 
 
 class HeartbeatService(_SweepService):

@@ -24,12 +24,12 @@ from websockets.sync.client import connect
 
 from omega_ws.devcert import write_pair
 from omega_ws.systemd import (
-    WatchdogService,
     extend_timeout_while,
     notify,
     status_line,
     watchdog_interval,
 )
+from omega_ws.timers import WatchdogService
 
 from .nodes import LOOPBACK_ARGS, TWISTD, Node, Running, clean_env
 
